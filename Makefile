@@ -1,0 +1,25 @@
+# The two commands of the README: `make quickstart` and `make test`. Both create .venv from
+# pyproject.toml first if it is missing or older than pyproject.toml.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: quickstart test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+quickstart: $(VENV)/.installed
+	$(VENV)/bin/zmdist quickstart --out runs/quickstart
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/embed_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

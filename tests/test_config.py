@@ -1,0 +1,75 @@
+"""Config loading: defaults < YAML < overrides, and clear errors naming the key."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from zmdist.config import ConfigError, load_config, option, parse_override
+
+
+@dataclass
+class Inner:
+    model: str = option("ViT-B-32", "model")
+    scale: float = option(1.0, "scale")
+
+
+@dataclass
+class Cfg:
+    shards: str = option(help="required")
+    inner: Inner = option(factory=Inner, help="nested")
+    batch_size: int = option(8, "batch")
+    splits: list[str] = option(factory=list, help="splits")
+    precision: Literal["fp32", "bf16"] = option("fp32", "precision")
+    templates: str | list[str] = option("simple", "set or list")
+    task_index: int | None = option(None, "optional")
+
+
+def test_defaults_yaml_and_overrides_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("shards: /data\nbatch_size: 16\ninner:\n  model: RN50\n")
+    cfg = load_config(Cfg, f, ["inner.scale=2", "batch_size=32", "splits=[train, test]", 'templates=["a {}", "b {}"]'])
+    assert cfg.shards == "/data"
+    assert cfg.batch_size == 32
+    assert cfg.inner.model == "RN50" and cfg.inner.scale == 2.0 and isinstance(cfg.inner.scale, float)
+    assert cfg.splits == ["train", "test"]
+    assert cfg.templates == ["a {}", "b {}"]
+    assert cfg.task_index is None
+    assert load_config(Cfg, None, ["shards=x", "task_index=3"]).task_index == 3
+
+
+def test_unknown_key_names_it_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown config key 'batch_sze'.*Did you mean 'batch_size'"):
+        load_config(Cfg, None, ["shards=x", "batch_sze=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.modle'.*Did you mean 'inner.model'"):
+        load_config(Cfg, None, ["shards=x", "inner.modle=RN50"])
+
+
+def test_wrong_types_are_errors_naming_the_key():
+    with pytest.raises(ConfigError, match="batch_size: expected an integer, got 'big'"):
+        load_config(Cfg, None, ["shards=x", "batch_size=big"])
+    with pytest.raises(ConfigError, match="batch_size: expected an integer"):
+        load_config(Cfg, None, ["shards=x", "batch_size=1.5"])
+    with pytest.raises(ConfigError, match=r"precision: expected one of 'fp32' \| 'bf16', got 'bf61'.*'bf16'"):
+        load_config(Cfg, None, ["shards=x", "precision=bf61"])
+    with pytest.raises(ConfigError, match=r"splits: expected list\[str\]"):
+        load_config(Cfg, None, ["shards=x", "splits=train"])
+    with pytest.raises(ConfigError, match="missing required config key 'shards'"):
+        load_config(Cfg, None, [])
+
+
+def test_bad_yaml_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+    f = tmp_path / "list.yaml"
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(Cfg, f)
+
+
+def test_parse_override():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    assert parse_override("x=") == ("x", "")
+    assert parse_override("p=/some/path.pt") == ("p", "/some/path.pt")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("novalue")

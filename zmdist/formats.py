@@ -1,0 +1,126 @@
+"""Embedding shards and pseudolabel sidecars: one ``.npz`` per image shard, aligned with it.
+
+Both are plain uncompressed NumPy archives (never pickle: they load with ``allow_pickle=False``), named
+after the image shard (``train-000003.tar`` -> ``train-000003.npz``), with rows in the tar's sample
+order. The full layout is documented in the README ("Data formats"); this module is the only code that
+reads or writes them.
+
+Embedding file (``zmdist embed``): ``keys`` (N,) str, ``labels`` (N,) int64 (-1 = no label),
+``embeddings`` (N, D) float16, L2-normalised image features of the teacher.
+
+Pseudolabel sidecar (``zmdist pseudolabel``): ``keys``, ``labels`` (ground truth, -1 if none),
+``pseudolabel`` (N,) int64, ``confidence`` / ``margin`` / ``entropy`` (N,) float32, ``topk_classes``
+(N, k) int64 and ``topk_probs`` (N, k) float32, and ``probs`` (N, C) float16 when C is small enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from zmdist.atomic import atomic_save_npz
+
+EMBEDDING_FIELDS = ("keys", "labels", "embeddings")
+PSEUDOLABEL_FIELDS = ("keys", "labels", "pseudolabel", "confidence", "margin", "entropy", "topk_classes", "topk_probs")
+
+
+def sidecar_name(shard_name: str) -> str:
+    """``train-000003.tar`` -> ``train-000003.npz``."""
+    return Path(shard_name).with_suffix(".npz").name
+
+
+def _load(path: Path, required: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} is missing")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{what} file {path} is unreadable ({err}); delete it and rerun the stage") from err
+    missing = [name for name in required if name not in arrays]
+    if missing:
+        raise ValueError(f"{what} file {path} lacks fields {missing}; delete it and rerun the stage")
+    n = len(arrays["keys"])
+    wrong = [name for name, a in arrays.items() if len(a) != n]
+    if wrong:
+        raise ValueError(f"{what} file {path}: fields {wrong} do not have {n} rows like 'keys'")
+    return arrays
+
+
+@dataclass
+class EmbeddingShard:
+    keys: np.ndarray
+    labels: np.ndarray
+    embeddings: np.ndarray
+
+    def save(self, path: Path) -> None:
+        atomic_save_npz(path, keys=self.keys, labels=self.labels, embeddings=self.embeddings)
+
+    @classmethod
+    def load(cls, path: Path) -> "EmbeddingShard":
+        return cls(**_load(path, EMBEDDING_FIELDS, "embedding"))
+
+
+@dataclass
+class PseudolabelShard:
+    keys: np.ndarray
+    labels: np.ndarray
+    pseudolabel: np.ndarray
+    confidence: np.ndarray
+    margin: np.ndarray
+    entropy: np.ndarray
+    topk_classes: np.ndarray
+    topk_probs: np.ndarray
+    probs: np.ndarray | None = None
+    _index: dict[str, int] | None = field(default=None, repr=False, compare=False)
+
+    def save(self, path: Path) -> None:
+        arrays = {name: getattr(self, name) for name in PSEUDOLABEL_FIELDS}
+        if self.probs is not None:
+            arrays["probs"] = self.probs
+        atomic_save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> "PseudolabelShard":
+        arrays = _load(path, PSEUDOLABEL_FIELDS, "pseudolabel")
+        return cls(**{name: arrays[name] for name in (*PSEUDOLABEL_FIELDS, "probs") if name in arrays})
+
+    def row(self, key: str) -> int:
+        """Row of ``key`` (a dict built once per shard, so a join is O(1) per sample)."""
+        if self._index is None:
+            self._index = {str(k): i for i, k in enumerate(self.keys)}
+        try:
+            return self._index[key]
+        except KeyError:
+            raise KeyError(f"no pseudolabel for key {key!r} in this sidecar") from None
+
+
+class PseudolabelStore:
+    """Join samples to their pseudolabels by (shard, key), loading each sidecar once, on first use."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"pseudolabel folder {self.folder} does not exist: run `zmdist pseudolabel` first")
+        self._shards: dict[str, PseudolabelShard] = {}
+
+    def shard(self, shard_name: str) -> PseudolabelShard:
+        if shard_name not in self._shards:
+            path = self.folder / sidecar_name(shard_name)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no pseudolabel sidecar for shard {shard_name} (expected {path}): rerun `zmdist pseudolabel`"
+                )
+            self._shards[shard_name] = PseudolabelShard.load(path)
+        return self._shards[shard_name]
+
+    def lookup(self, shard_name: str, key: str) -> tuple[int, float]:
+        """(pseudolabel, confidence) of one sample; a missing key is an error naming shard and key."""
+        sidecar = self.shard(shard_name)
+        try:
+            row = sidecar.row(key)
+        except KeyError:
+            raise KeyError(f"shard {shard_name}: no pseudolabel for key {key!r} in {self.folder}") from None
+        return int(sidecar.pseudolabel[row]), float(sidecar.confidence[row])

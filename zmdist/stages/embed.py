@@ -1,0 +1,182 @@
+"""``zmdist embed``: the teacher embeds every image once, one embedding file per image shard.
+
+Work is split by shard across every process of every array task (``zmdist.dist``), so the same
+command scales from one CPU to ``torchrun``/``accelerate launch`` ranks to a SLURM job array. A shard's
+file is written atomically when its last sample is embedded, and a rerun skips shards whose file exists:
+a run killed at any point and rerun ends with every key exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from zmdist import dist
+from zmdist.atomic import atomic_write_text, clean_temp_files
+from zmdist.config import option, to_dict
+from zmdist.data.manifest import Manifest
+from zmdist.data.reader import iter_shard
+from zmdist.formats import EmbeddingShard
+from zmdist.provenance import provenance, write_run_files
+from zmdist.stages.common import (
+    Precision,
+    ShardJob,
+    TeacherConfig,
+    autocast_dtype,
+    check_run_info,
+    plan_shards,
+    resolve_device,
+)
+from zmdist.teacher import load_teacher
+
+NAME = "embed"
+HELP = "embed every image shard with an open_clip teacher (resumable, parallel over ranks and array tasks)"
+INFO_FILE = "embed_info.json"
+# Test hook: SIGKILL this process after writing this many shards (exercises kill-and-resume for real).
+KILL_AFTER_ENV = "ZMDIST_KILL_AFTER_SHARDS"
+log = logging.getLogger("zmdist")
+
+
+@dataclass
+class Config:
+    shards: str = option(help="folder holding manifest.json and the tar shards (from `zmdist shard`)")
+    teacher: TeacherConfig = option(factory=TeacherConfig, help="the open_clip teacher")
+    splits: list[str] = option(factory=list, help="splits to embed; empty = every split in the manifest")
+    batch_size: int = option(256, "images per forward pass")
+    num_workers: int = option(2, "DataLoader worker processes decoding images (0 = in the main process)")
+    precision: Precision = option("auto", "auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16")
+    device: str = option("auto", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
+    task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID")
+    num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT")
+    progress: bool = option(True, "show a progress bar with images/s (rank 0)")
+
+
+class _ShardImages(IterableDataset):
+    """Samples of the given shards, each DataLoader worker reading whole shards (so order within a shard
+    is the tar's order), transformed for the teacher; tagged with the shard's position in ``jobs``."""
+
+    def __init__(self, jobs: list[ShardJob], transform: Callable[[Any], torch.Tensor]):
+        self.jobs = jobs
+        self.transform = transform
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, int, int]]:
+        worker = get_worker_info()
+        wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
+        for slot in range(wid, len(self.jobs), nw):
+            for sample in iter_shard(self.jobs[slot].path):
+                yield self.transform(sample["image"]), sample["key"], sample["label"], slot
+
+
+def _embed_shards(
+    jobs: list[ShardJob], cfg: Config, teacher, device: torch.device, show_progress: bool
+) -> dict[str, Any]:
+    """Embed ``jobs`` and write one file per shard; return counts and timings for the summary."""
+    loader = DataLoader(
+        _ShardImages(jobs, teacher.preprocess),
+        batch_size=cfg.batch_size,
+        num_workers=min(cfg.num_workers, len(jobs)),
+        pin_memory=device.type == "cuda",
+    )
+    amp = autocast_dtype(cfg.precision, device)
+    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
+    pending: dict[int, dict[str, list]] = {}
+    written = images = 0
+    bar = tqdm(total=sum(j.count for j in jobs), unit="img", disable=not show_progress, desc="embed")
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for pixels, keys, labels, slots in loader:
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                feats = teacher.model.encode_image(pixels.to(device, non_blocking=True), normalize=True)
+            feats = feats.float().cpu().to(torch.float16).numpy()
+            for row, (key, label, slot) in enumerate(zip(keys, labels.tolist(), slots.tolist())):
+                buf = pending.setdefault(slot, {"keys": [], "labels": [], "rows": []})
+                buf["keys"].append(key)
+                buf["labels"].append(label)
+                buf["rows"].append(feats[row])
+                if len(buf["keys"]) == jobs[slot].count:
+                    EmbeddingShard(
+                        keys=np.array(buf["keys"]),
+                        labels=np.array(buf["labels"], dtype=np.int64),
+                        embeddings=np.stack(buf["rows"]),
+                    ).save(jobs[slot].output)
+                    del pending[slot]
+                    written += 1
+                    if kill_after and written >= kill_after:
+                        os.kill(os.getpid(), signal.SIGKILL)
+            images += len(keys)
+            bar.update(len(keys))
+            bar.set_postfix(shards=written)
+    bar.close()
+    seconds = time.perf_counter() - start
+    if pending:
+        short = {jobs[slot].name: (len(buf["keys"]), jobs[slot].count) for slot, buf in pending.items()}
+        raise RuntimeError(f"shards ended early (got, manifest count): {short}; the shards or manifest are damaged")
+    return {"shards_written": written, "images": images, "seconds": seconds}
+
+
+def run(cfg: Config, out: Path) -> dict[str, Any]:
+    info = dist.detect(cfg.task_index, cfg.num_tasks)
+    dist.init_distributed(info)
+    device = resolve_device(cfg.device, info)
+    log.info("embed: %s", dist.describe(info))
+    manifest = Manifest.load(cfg.shards)
+    out.mkdir(parents=True, exist_ok=True)
+    all_jobs, mine = plan_shards(manifest, cfg.splits, out, info)
+    teacher = load_teacher(cfg.teacher.model, cfg.teacher.pretrained or None, device=device,
+                           model_config=cfg.teacher.model_config or None)
+    run_info = {
+        "shards": str(Path(cfg.shards).resolve()),
+        "splits": [j.split for j in all_jobs if j.index == 0 or j.split != all_jobs[j.index - 1].split],
+        "teacher": to_dict(cfg.teacher),
+        "classes": manifest.classes,
+    }
+    if info.is_main:
+        check_run_info(out / INFO_FILE, run_info, "embeddings")
+    dist.barrier()
+    clean_temp_files(j.output for j in mine)
+    todo = [j for j in mine if not j.output.is_file()]
+    log.info("embed: %d of my %d shards to do (%d already done)", len(todo), len(mine), len(mine) - len(todo))
+    stats = _embed_shards(todo, cfg, teacher, device, cfg.progress and info.is_main) if todo else {
+        "shards_written": 0, "images": 0, "seconds": 0.0}
+    stats.update(worker=info.worker_index, shards_assigned=len(mine), shards_skipped_done=len(mine) - len(todo))
+    per_rank = dist.all_gather_objects(stats)
+    results = _summarise(per_rank, all_jobs, info)
+    if info.is_main:
+        summary = {**results, **provenance(classes=manifest.classes)}
+        if info.num_tasks > 1:
+            atomic_write_text(out / f"summary.task-{info.task_index}-of-{info.num_tasks}.json", json.dumps(summary, indent=2))
+        if info.num_tasks == 1 or results["complete"]:
+            write_run_files(out, to_dict(cfg), summary)
+    dist.barrier()
+    return results
+
+
+def _summarise(per_rank: list[dict[str, Any]], all_jobs: list[ShardJob], info: dist.DistInfo) -> dict[str, Any]:
+    images = sum(r["images"] for r in per_rank)
+    slowest = max((r["seconds"] for r in per_rank), default=0.0)
+    done = sum(j.output.is_file() for j in all_jobs)
+    return {
+        "stage": NAME,
+        "world_size": info.world_size,
+        "task_index": info.task_index,
+        "num_tasks": info.num_tasks,
+        "images_embedded": images,
+        "images_per_second": images / slowest if slowest > 0 else None,
+        "shards_written": sum(r["shards_written"] for r in per_rank),
+        "shards_skipped_done": sum(r["shards_skipped_done"] for r in per_rank),
+        "shards_total": len(all_jobs),
+        "shards_complete": done,
+        "complete": done == len(all_jobs),
+        "per_worker": per_rank,
+    }

@@ -1,0 +1,166 @@
+"""``zmdist pseudolabel``: a zero-shot classifier from class-name prompts labels every embedded sample.
+
+Reads the embedding files of ``zmdist embed`` (the teacher is recorded there), builds the classifier
+once per process, and writes one sidecar per image shard with the pseudolabel, its confidence, margin,
+entropy and top-k classes (full probabilities when the class count is small). Parallel and resumable
+like ``embed``. The summary holds pseudolabel and confidence histograms and, where ground truth exists,
+zero-shot accuracy, accuracy at confidence thresholds, ECE and a reliability diagram.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zmdist import dist
+from zmdist.atomic import clean_temp_files
+from zmdist.config import option, to_dict
+from zmdist.data.manifest import Manifest
+from zmdist.formats import EmbeddingShard, PseudolabelShard, sidecar_name
+from zmdist.methods.pseudolabels import (
+    accuracy_at_thresholds,
+    expected_calibration_error,
+    pseudolabel_stats,
+    reliability_bins,
+    zero_shot_probs,
+)
+from zmdist.plots import reliability_diagram
+from zmdist.provenance import provenance, write_run_files
+from zmdist.stages.common import ShardJob, check_run_info, plan_shards, resolve_device
+from zmdist.stages.embed import INFO_FILE as EMBED_INFO_FILE
+from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher
+
+NAME = "pseudolabel"
+HELP = "zero-shot pseudolabels with confidence for every embedded sample (one sidecar per shard)"
+INFO_FILE = "pseudolabel_info.json"
+log = logging.getLogger("zmdist")
+
+
+@dataclass
+class Config:
+    embeddings: str = option(help="output folder of `zmdist embed` (the teacher and shards are read from it)")
+    templates: str | list[str] = option("simple", "template set name (simple, imagenet7, digits, ...) or a list")
+    classnames: list[str] = option(factory=list, help="names used in prompts, in class order; empty = manifest's")
+    topk: int = option(5, "how many top classes (with probabilities) to store per sample")
+    full_probs_max_classes: int = option(100, "store the full probability vector when classes <= this")
+    thresholds: list[float] = option(factory=lambda: [0.3, 0.5, 0.7, 0.9], help="confidence thresholds reported")
+    ece_bins: int = option(15, "bins of the reliability diagram and ECE")
+    device: str = option("auto", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
+    task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID")
+    num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT")
+
+
+def prompt_names(classes: list[str]) -> list[str]:
+    """Folder-style class names read better in prompts with spaces: ``golden_retriever`` -> ``golden retriever``."""
+    return [c.replace("_", " ") for c in classes]
+
+
+def run(cfg: Config, out: Path) -> dict[str, Any]:
+    info = dist.detect(cfg.task_index, cfg.num_tasks)
+    dist.init_distributed(info)
+    device = resolve_device(cfg.device, info)
+    emb_dir = Path(cfg.embeddings)
+    emb_info_path = emb_dir / EMBED_INFO_FILE
+    if not emb_info_path.is_file():
+        raise FileNotFoundError(f"embeddings={emb_dir} has no {EMBED_INFO_FILE}: run `zmdist embed` first")
+    emb_info = json.loads(emb_info_path.read_text())
+    manifest = Manifest.load(emb_info["shards"])
+    classnames = cfg.classnames or prompt_names(manifest.classes)
+    if len(classnames) != len(manifest.classes):
+        raise ValueError(f"classnames: {len(classnames)} names given, the manifest has {len(manifest.classes)} classes")
+    templates = get_templates(cfg.templates)
+    teacher_cfg = emb_info["teacher"]
+    teacher = load_teacher(teacher_cfg["model"], teacher_cfg["pretrained"] or None, device=device,
+                           model_config=teacher_cfg.get("model_config") or None)
+    classifier = build_zeroshot_classifier(teacher.model, teacher.tokenizer, classnames, templates, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    all_jobs, mine = plan_shards(manifest, emb_info["splits"], out, info)
+    if info.is_main:
+        check_run_info(out / INFO_FILE, {
+            "embeddings": str(emb_dir.resolve()), "shards": emb_info["shards"], "teacher": teacher_cfg,
+            "classnames": classnames, "templates": templates, "topk": cfg.topk,
+        }, "pseudolabels")
+        np.save(out / "classifier.npy", classifier.cpu().numpy())
+    dist.barrier()
+    clean_temp_files(j.output for j in mine)
+    written = 0
+    for job in mine:
+        if not job.output.is_file():
+            _label_shard(job, emb_dir, classifier, teacher.logit_scale, cfg, device)
+            written += 1
+    per_rank = dist.all_gather_objects(written)
+    dist.barrier()
+    results: dict[str, Any] = {"stage": NAME, "world_size": info.world_size, "sidecars_written": sum(per_rank)}
+    done = all(j.output.is_file() for j in all_jobs)
+    if info.is_main and done:
+        results.update(summarise(all_jobs, manifest.classes, cfg, out))
+        write_run_files(out, to_dict(cfg), {
+            **results, **provenance(classes=classnames, templates=templates), "logit_scale": teacher.logit_scale,
+        })
+    dist.barrier()
+    return results
+
+
+@torch.inference_mode()
+def _label_shard(job: ShardJob, emb_dir: Path, classifier: torch.Tensor, scale: float, cfg: Config,
+                 device: torch.device) -> None:
+    path = emb_dir / sidecar_name(job.name)
+    if not path.is_file():
+        raise FileNotFoundError(f"shard {job.name} has no embedding file {path}: finish `zmdist embed` first")
+    emb = EmbeddingShard.load(path)
+    probs = zero_shot_probs(torch.from_numpy(emb.embeddings).to(device), classifier, scale)
+    stats = pseudolabel_stats(probs, cfg.topk)
+    keep_full = probs.shape[1] <= cfg.full_probs_max_classes
+    PseudolabelShard(
+        keys=emb.keys,
+        labels=emb.labels,
+        pseudolabel=stats.label.cpu().numpy().astype(np.int64),
+        confidence=stats.confidence.cpu().numpy().astype(np.float32),
+        margin=stats.margin.cpu().numpy().astype(np.float32),
+        entropy=stats.entropy.cpu().numpy().astype(np.float32),
+        topk_classes=stats.topk_classes.cpu().numpy().astype(np.int64),
+        topk_probs=stats.topk_probs.cpu().numpy().astype(np.float32),
+        probs=probs.cpu().numpy().astype(np.float16) if keep_full else None,
+    ).save(job.output)
+
+
+def summarise(jobs: list[ShardJob], classes: list[str], cfg: Config, out: Path) -> dict[str, Any]:
+    """Histograms and, for labelled samples, accuracy, accuracy at thresholds, ECE and the diagram."""
+    shards = [(j.split, PseudolabelShard.load(j.output)) for j in jobs]
+    split_of = np.concatenate([np.full(len(s.keys), split) for split, s in shards])
+    pl = np.concatenate([s.pseudolabel for _, s in shards])
+    conf = np.concatenate([s.confidence for _, s in shards])
+    labels = np.concatenate([s.labels for _, s in shards])
+    counts = np.bincount(pl, minlength=len(classes))
+    results: dict[str, Any] = {
+        "samples": int(len(pl)),
+        "pseudolabel_histogram": {c: int(n) for c, n in zip(classes, counts)},
+        "confidence_histogram": {
+            "edges": np.linspace(0, 1, 11).round(2).tolist(),
+            "counts": np.histogram(conf, bins=10, range=(0, 1))[0].tolist(),
+        },
+        "mean_confidence": float(conf.mean()) if len(conf) else None,
+        "labelled_samples": int((labels >= 0).sum()),
+    }
+    has_gt = labels >= 0
+    if has_gt.any():
+        correct = pl[has_gt] == labels[has_gt]
+        bins = reliability_bins(conf[has_gt], correct, cfg.ece_bins)
+        ece = expected_calibration_error(conf[has_gt], correct, cfg.ece_bins)
+        results.update(
+            teacher_zero_shot_accuracy=float(correct.mean()),
+            zero_shot_accuracy_per_split={
+                split: float((pl[m] == labels[m]).mean())
+                for split in sorted(set(split_of)) for m in [(split_of == split) & has_gt] if m.any()
+            },
+            accuracy_at_thresholds=accuracy_at_thresholds(conf[has_gt], correct, cfg.thresholds),
+            ece=ece,
+            reliability_diagram=str(reliability_diagram(bins, ece, out / "reliability.png", "zero-shot")),
+        )
+    return results
