@@ -60,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbose: bool) -> None:
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING,
         format=f"%(asctime)s [rank {rank}] %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,  # some imports configure the root logger before us
     )
-    for noisy in ("PIL", "matplotlib", "root"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("zmdist").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:

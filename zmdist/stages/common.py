@@ -66,8 +66,8 @@ def plan_shards(manifest: Manifest, splits: list[str], out: Path, info: DistInfo
         raise ValueError(f"splits: {unknown} not in {manifest.root}/manifest.json (it has {sorted(manifest.splits)})")
     jobs: list[ShardJob] = []
     for split in splits or sorted(manifest.splits):
-        for name, count, path in zip(manifest.shard_names(split), manifest.counts(split), manifest.shard_paths(split)):
-            jobs.append(ShardJob(len(jobs), split, name, count, path, out / sidecar_name(name)))
+        for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
+            jobs.append(ShardJob(len(jobs), split, shard.name, shard.count, path, out / sidecar_name(shard.name)))
     mine = assign_shards([j.count for j in jobs], info.worker_index, info.num_workers)
     return jobs, [jobs[i] for i in mine]
 
