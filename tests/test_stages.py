@@ -162,3 +162,22 @@ def test_cli_help_errors_and_missing_inputs(tmp_path):
     assert bad.returncode == 2 and "Did you mean 'batch_size'" in bad.stderr
     missing = zmdist_cli("pseudolabel", "--out", str(tmp_path / "pl"), "--embeddings", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "run `zmdist embed` first" in missing.stderr
+
+
+def test_undecodable_sample_in_a_shard_is_reported_not_dropped(tmp_path, make_shards):
+    import tarfile
+
+    shards, keys = make_shards([5, 4])
+    # corrupt the image of sample s0_2 inside the first tar (same length, so the tar stays valid)
+    path = shards / "train-000000.tar"
+    with tarfile.open(path) as tar:
+        member = tar.getmember("s0_2.png")
+        offset, size = member.offset_data, member.size
+    data = bytearray(path.read_bytes())
+    data[offset : offset + size] = b"\x00" * size
+    path.write_bytes(bytes(data))
+    res = _embed(shards, tmp_path / "emb")
+    assert res["complete"] and res["images_embedded"] == len(keys) - 1
+    assert [(k["shard"], k["key"]) for k in res["skipped_keys"]] == [("train-000000.tar", "s0_2")]
+    assert "undecodable" in res["skipped_keys"][0]["reason"]
+    assert sorted(_embedded_keys(tmp_path / "emb")) == sorted(set(keys) - {"s0_2"})

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
@@ -70,12 +71,16 @@ class _ShardImages(IterableDataset):
         self.jobs = jobs
         self.transform = transform
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, int, int]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str, int, int, str]]:
         worker = get_worker_info()
         wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
+        blank = torch.zeros_like(self.transform(Image.new("RGB", (8, 8))))
         for slot in range(wid, len(self.jobs), nw):
-            for sample in iter_shard(self.jobs[slot].path):
-                yield self.transform(sample["image"]), sample["key"], sample["label"], slot
+            for sample in iter_shard(self.jobs[slot].path, skip_errors=True):
+                if sample["image"] is None:  # undecodable: keep its place so the shard still completes
+                    yield blank, sample["key"], -1, slot, sample["error"]
+                else:
+                    yield self.transform(sample["image"]), sample["key"], sample["label"], slot, ""
 
 
 def _embed_shards(
@@ -90,25 +95,30 @@ def _embed_shards(
     )
     amp = autocast_dtype(cfg.precision, device)
     kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
-    pending: dict[int, dict[str, list]] = {}
+    pending: dict[int, dict[str, Any]] = {}
+    skipped: list[dict[str, str]] = []
     written = images = 0
     bar = tqdm(total=sum(j.count for j in jobs), unit="img", disable=not show_progress, desc="embed")
     start = time.perf_counter()
     with torch.inference_mode():
-        for pixels, keys, labels, slots in loader:
+        for pixels, keys, labels, slots, errors in loader:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 feats = teacher.model.encode_image(pixels.to(device, non_blocking=True), normalize=True)
             feats = feats.float().cpu().to(torch.float16).numpy()
-            for row, (key, label, slot) in enumerate(zip(keys, labels.tolist(), slots.tolist())):
-                buf = pending.setdefault(slot, {"keys": [], "labels": [], "rows": []})
-                buf["keys"].append(key)
-                buf["labels"].append(label)
-                buf["rows"].append(feats[row])
-                if len(buf["keys"]) == jobs[slot].count:
+            for row, (key, label, slot, error) in enumerate(zip(keys, labels.tolist(), slots.tolist(), errors)):
+                buf = pending.setdefault(slot, {"keys": [], "labels": [], "rows": [], "seen": 0})
+                buf["seen"] += 1
+                if error:
+                    skipped.append({"shard": jobs[slot].name, "key": key, "reason": error})
+                else:
+                    buf["keys"].append(key)
+                    buf["labels"].append(label)
+                    buf["rows"].append(feats[row])
+                if buf["seen"] == jobs[slot].count:
                     EmbeddingShard(
                         keys=np.array(buf["keys"]),
                         labels=np.array(buf["labels"], dtype=np.int64),
-                        embeddings=np.stack(buf["rows"]),
+                        embeddings=np.stack(buf["rows"]) if buf["rows"] else np.zeros((0, feats.shape[1]), np.float16),
                     ).save(jobs[slot].output)
                     del pending[slot]
                     written += 1
@@ -120,9 +130,9 @@ def _embed_shards(
     bar.close()
     seconds = time.perf_counter() - start
     if pending:
-        short = {jobs[slot].name: (len(buf["keys"]), jobs[slot].count) for slot, buf in pending.items()}
+        short = {jobs[slot].name: (buf["seen"], jobs[slot].count) for slot, buf in pending.items()}
         raise RuntimeError(f"shards ended early (got, manifest count): {short}; the shards or manifest are damaged")
-    return {"shards_written": written, "images": images, "seconds": seconds}
+    return {"shards_written": written, "images": images - len(skipped), "seconds": seconds, "skipped_keys": skipped}
 
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
@@ -148,7 +158,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     todo = [j for j in mine if not j.output.is_file()]
     log.info("embed: %d of my %d shards to do (%d already done)", len(todo), len(mine), len(mine) - len(todo))
     stats = _embed_shards(todo, cfg, teacher, device, cfg.progress and info.is_main) if todo else {
-        "shards_written": 0, "images": 0, "seconds": 0.0}
+        "shards_written": 0, "images": 0, "seconds": 0.0, "skipped_keys": []}
     stats.update(worker=info.worker_index, shards_assigned=len(mine), shards_skipped_done=len(mine) - len(todo))
     per_rank = dist.all_gather_objects(stats)
     results = _summarise(per_rank, all_jobs, info)
@@ -176,6 +186,7 @@ def _summarise(per_rank: list[dict[str, Any]], all_jobs: list[ShardJob], info: d
         "shards_written": sum(r["shards_written"] for r in per_rank),
         "shards_skipped_done": sum(r["shards_skipped_done"] for r in per_rank),
         "shards_total": len(all_jobs),
+        "skipped_keys": [k for r in per_rank for k in r["skipped_keys"]],
         "shards_complete": done,
         "complete": done == len(all_jobs),
         "per_worker": per_rank,

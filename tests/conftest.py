@@ -1,0 +1,51 @@
+"""Small shared fixtures."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from PIL import Image
+from webdataset import TarWriter
+
+from zmdist.data.manifest import Manifest, ShardInfo, SplitInfo
+
+
+def write_uneven_shards(root: Path, counts: list[int], split: str = "train", num_classes: int = 3) -> list[str]:
+    """Real shards in the zmdist format with exactly ``counts`` samples each (``write_shards`` only makes
+    equal shards but the last); returns every key. Sample ``j`` of shard ``i`` has key ``s{i}_{j}``,
+    label ``(i + j) % num_classes`` and a 4x4 image whose red value is ``j``."""
+    root.mkdir(parents=True, exist_ok=True)
+    shards, keys = [], []
+    for i, count in enumerate(counts):
+        name = f"{split}-{i:06d}.tar"
+        with TarWriter(str(root / name), encoder=False, mtime=0) as tar:
+            for j in range(count):
+                key, label = f"s{i}_{j}", (i + j) % num_classes
+                buf = io.BytesIO()
+                Image.new("RGB", (4, 4), (j % 256, i % 256, 0)).save(buf, format="PNG")
+                meta = {"key": key, "origin": f"test:{key}", "label": label}
+                tar.write({"__key__": key, "png": buf.getvalue(), "cls": str(label).encode(),
+                           "json": json.dumps(meta).encode()})
+                keys.append(key)
+        shards.append(ShardInfo(name, count))
+    Manifest(source="test", classes=[f"c{k}" for k in range(num_classes)], image_format="png",
+             splits={split: SplitInfo(shards, sum(counts), sum(counts))}).save(root)
+    return keys
+
+
+@pytest.fixture
+def make_shards(tmp_path: Path) -> Callable[..., tuple[Path, list[str]]]:
+    """``make_shards([10, 7, 3, 1])`` -> (shard folder, all keys)."""
+    made = 0
+
+    def make(counts: list[int], split: str = "train") -> tuple[Path, list[str]]:
+        nonlocal made
+        root = tmp_path / f"shards{made}"
+        made += 1
+        return root, write_uneven_shards(root, counts, split)
+
+    return make

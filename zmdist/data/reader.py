@@ -1,0 +1,371 @@
+"""Read shards back for one rank of a distributed job, exactly once (eval) or in equal amounts (train).
+
+We split work between ranks ourselves (no ``DistributedSampler``, no ``accelerate.prepare`` on the loader)
+because the two things distributed training needs are easy to get subtly wrong with shard streams:
+
+1. **Every rank must yield the same number of batches** in training, or DDP's all-reduce waits forever
+   on the rank that ran out. Shards are uneven (the last one is short, skipped images shorten others).
+2. **Evaluation must see every sample exactly once** across all ranks and DataLoader workers, even with
+   fewer shards than ranks x workers.
+
+How: for an epoch, the split's samples form one sequence: shards in an order, each shard's samples in an
+order. ``eval`` uses manifest order and tar order; ``train`` permutes the shards and the samples inside
+each shard with generators seeded by (seed, epoch), so every epoch differs and any epoch is reproducible.
+Rank ``r`` of ``W`` takes the contiguous slice ``[r*T//W, (r+1)*T//W)`` of that sequence (T samples), so
+ranks read disjoint samples, mostly whole shards (only a slice boundary shares a shard, each rank then
+reading its own part of it); the slice is cut again, contiguously, between the rank's DataLoader workers.
+
+- ``eval``: nothing more; ranks get ``floor`` or ``ceil`` of T/W samples, every sample exactly once.
+- ``train``: every rank yields exactly ``samples_per_rank = ceil(T/W)``. A rank whose slice has
+  ``floor(T/W)`` samples (only when W does not divide T) wraps around and yields the *first sample of its
+  own slice* once more: per epoch exactly ``W*ceil(T/W) - T`` (at most W-1) samples are seen twice, at
+  most one per rank, none is dropped, and which ones changes with the epoch's permutation.
+
+Samples of one shard are read in the permuted order by seeking in the tar (headers indexed once per
+worker), so no shard is held in memory; ``shuffle_buffer`` additionally mixes samples across shards.
+
+``assign_shards`` is the other way to split: whole shards per rank, for jobs that write one output file
+per shard (``zmdist embed``); it balances sample counts but cannot make them equal.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import math
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from zmdist.data.images import to_rgb
+from zmdist.data.manifest import Manifest
+
+MODES = ("train", "eval")
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+_SHARD_ORDER, _SAMPLE_ORDER, _BUFFER = 0, 1, 2  # independent random streams per (seed, epoch)
+
+
+def assign_shards(counts: Sequence[int], rank: int, world: int) -> list[int]:
+    """Whole shards for ``rank``: disjoint across ranks, balancing sample counts (for per-shard jobs).
+
+    Greedy: largest shard first (ties: lower index) onto the least-loaded rank (ties: lower rank).
+    Deterministic; returns the rank's shard indices in ascending order.
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside world size {world}")
+    loads = [(0, r) for r in range(world)]
+    mine = []
+    for index in sorted(range(len(counts)), key=lambda i: (-counts[i], i)):
+        load, owner = heapq.heappop(loads)
+        if owner == rank:
+            mine.append(index)
+        heapq.heappush(loads, (load + counts[index], owner))
+    return sorted(mine)
+
+
+def _split_member_name(name: str) -> tuple[str, str]:
+    """WebDataset convention: the key is the path up to the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+class _ShardFile:
+    """Random access to one tar shard's samples: member headers are indexed once, data read on demand."""
+
+    def __init__(self, path: Path, expected: int | None = None):
+        self.path = path
+        try:
+            self._tar = tarfile.open(path, "r:")
+            members = self._tar.getmembers()
+        except (OSError, tarfile.TarError) as err:
+            raise ValueError(f"shard {path} is not a readable tar ({err}): re-run `zmdist shard --overwrite`") from err
+        self.samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
+        for member in members:
+            if not member.isreg():
+                continue
+            key, ext = _split_member_name(member.name)
+            if not self.samples or self.samples[-1][0] != key:
+                self.samples.append((key, {}))
+            self.samples[-1][1][ext] = member
+        if expected is not None and len(self.samples) != expected:
+            raise ValueError(
+                f"shard {path} holds {len(self.samples)} samples but the manifest says {expected}: it changed "
+                "after sharding; re-run `zmdist shard --overwrite`"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read(self, position: int) -> tuple[str, dict[str, bytes]]:
+        key, members = self.samples[position]
+        files = {}
+        for ext, member in members.items():
+            handle = self._tar.extractfile(member)
+            assert handle is not None, "regular members always have data"
+            files[ext] = handle.read()
+        return key, files
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> "_ShardFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _decode(shard: str, key: str, files: dict[str, bytes]) -> tuple[Image.Image, int]:
+    """RGB image and label (-1 when the sample has no ``.cls``)."""
+    ext = next((e for e in IMAGE_EXTENSIONS if e in files), None)
+    if ext is None:
+        raise ValueError(f"shard {shard}: sample {key!r} has no image (members: {sorted(files)})")
+    try:
+        image = Image.open(io.BytesIO(files[ext]))
+        image.load()
+    except OSError as err:
+        raise ValueError(f"shard {shard}: sample {key!r} has an undecodable image ({err}): re-run `zmdist shard`") from err
+    label = int(files["cls"].decode("ascii")) if "cls" in files else -1
+    return to_rgb(image)[0], label
+
+
+def iter_shard(path: Path | str, *, skip_errors: bool = False) -> Iterator[dict]:
+    """Every sample of one shard in tar order: ``{"key", "image" (PIL RGB), "label" (int, -1 = none), "shard"}``.
+
+    An undecodable sample raises, or with ``skip_errors`` comes as ``{"key", "image": None, "error", ...}``
+    so a caller that must account for every key (``zmdist embed``) can report it instead of stopping.
+    """
+    with _ShardFile(Path(path)) as shard:
+        for position in range(len(shard)):
+            key, files = shard.read(position)
+            try:
+                image, label = _decode(shard.path.name, key, files)
+            except ValueError as err:
+                if not skip_errors:
+                    raise
+                yield {"key": key, "image": None, "label": -1, "shard": shard.path.name, "error": str(err)}
+                continue
+            yield {"key": key, "image": image, "label": label, "shard": shard.path.name}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Samples of one shard (by index in the split) to read, at these tar positions, in this order."""
+
+    shard: int
+    positions: np.ndarray
+
+
+def _even_bounds(total: int, parts: int, index: int) -> tuple[int, int]:
+    return index * total // parts, (index + 1) * total // parts
+
+
+def samples_per_rank(total: int, world: int, rank: int, mode: str) -> int:
+    """What one rank yields per epoch: ``ceil(total/world)`` in train, its own slice size in eval."""
+    if mode == "train":
+        return math.ceil(total / world)
+    start, stop = _even_bounds(total, world, rank)
+    return stop - start
+
+
+def worker_plan(
+    counts: Sequence[int],
+    rank: int,
+    world: int,
+    worker: int,
+    num_workers: int,
+    *,
+    mode: str,
+    seed: int,
+    epoch: int,
+    align: int = 1,
+) -> list[Piece]:
+    """The pieces one DataLoader worker of one rank reads in an epoch (see the module docstring).
+
+    The rank's ``samples_per_rank`` are cut into ``align``-sized chunks dealt contiguously to workers,
+    so with ``align`` = batch size every worker but the last yields whole batches.
+    """
+    total = sum(counts)
+    if mode == "train":
+        shard_order = np.random.default_rng([seed, epoch, _SHARD_ORDER]).permutation(len(counts))
+    else:
+        shard_order = np.arange(len(counts))
+
+    def order_within(shard: int) -> np.ndarray:
+        if mode == "train":
+            return np.random.default_rng([seed, epoch, _SAMPLE_ORDER, shard]).permutation(counts[shard])
+        return np.arange(counts[shard])
+
+    def sequence_slice(start: int, stop: int) -> list[Piece]:
+        pieces, offset = [], 0
+        for shard in shard_order:
+            count = counts[shard]
+            lo, hi = max(start - offset, 0), min(stop - offset, count)
+            if lo < hi:
+                pieces.append(Piece(int(shard), order_within(int(shard))[lo:hi]))
+            offset += count
+            if offset >= stop:
+                break
+        return pieces
+
+    rank_start, rank_stop = _even_bounds(total, world, rank)
+    own = rank_stop - rank_start
+    wanted = samples_per_rank(total, world, rank, mode)
+    chunks = math.ceil(wanted / align)
+    first, last = _even_bounds(chunks, num_workers, worker)
+    virtual, virtual_stop = first * align, min(last * align, wanted)
+    pieces: list[Piece] = []
+    while virtual < virtual_stop:  # indices past the rank's own slice wrap to its start (train only)
+        lo = virtual % own
+        hi = min(own, lo + virtual_stop - virtual)
+        pieces += sequence_slice(rank_start + lo, rank_start + hi)
+        virtual += hi - lo
+    return pieces
+
+
+def _buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """Yield ``items`` through a random-replacement buffer of ``size`` (same items, mixed order)."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        slot = int(rng.integers(size))
+        yield buffer[slot]
+        buffer[slot] = item
+    for slot in rng.permutation(len(buffer)):
+        yield buffer[slot]
+
+
+class ShardDataset(IterableDataset):
+    """One rank's view of a sharded split; yields ``(image, label, key)`` (label -1 = unlabelled).
+
+    ``mode="eval"``: each sample exactly once over all ranks and workers, in manifest/tar order.
+    ``mode="train"``: exactly ``len(self)`` = ``ceil(total/world)`` samples per rank per epoch, order
+    shuffled from (seed, epoch), plus a ``shuffle_buffer``-sized cross-shard mix when it is > 1 (train
+    only: eval order stays manifest order); call ``set_epoch`` before each epoch. Worker processes get a copy of
+    the dataset when a DataLoader iterator starts, so do not use ``persistent_workers`` (``make_loader``
+    does not): persistent workers would keep the first epoch's order.
+    """
+
+    def __init__(
+        self,
+        manifest_dir: Path | str,
+        split: str,
+        rank: int = 0,
+        world: int = 1,
+        *,
+        mode: str = "train",
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        seed: int = 0,
+        shuffle_buffer: int = 0,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside world size {world}")
+        if seed < 0 or shuffle_buffer < 0:
+            raise ValueError(f"seed and shuffle_buffer must be >= 0 (got {seed}, {shuffle_buffer})")
+        manifest = Manifest.load(manifest_dir)
+        self.paths = manifest.shard_paths(split)
+        self.counts = manifest.counts(split)
+        self.total = sum(self.counts)
+        if self.total == 0:
+            raise ValueError(f"split {split!r} in {manifest_dir} has no samples: check the manifest's skipped list")
+        if mode == "train" and world > self.total:
+            raise ValueError(
+                f"world size {world} exceeds the {self.total} samples of split {split!r}: every rank needs at "
+                "least one sample per epoch; use fewer processes or more data"
+            )
+        self.classes = manifest.classes
+        self.split, self.rank, self.world, self.mode = split, rank, world, mode
+        self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
+        self.epoch = 0
+        self.align = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch's shuffle (train); must be called in the main process before iterating."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def align_to(self, batch_size: int) -> None:
+        """Split work between workers in whole batches, so ``len(loader) == ceil(len(self)/batch_size)``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.align = batch_size
+
+    def __len__(self) -> int:
+        return samples_per_rank(self.total, self.world, self.rank, self.mode)
+
+    def plan(self, worker: int = 0, num_workers: int = 1) -> list[Piece]:
+        return worker_plan(
+            self.counts, self.rank, self.world, worker, num_workers,
+            mode=self.mode, seed=self.seed, epoch=self.epoch, align=self.align,
+        )
+
+    def _records(self, pieces: list[Piece]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
+        """Raw (shard name, key, files) in plan order, keeping one shard open at a time."""
+        current: _ShardFile | None = None
+        try:
+            for piece in pieces:
+                if current is None or current.path != self.paths[piece.shard]:
+                    if current is not None:
+                        current.close()
+                    current = _ShardFile(self.paths[piece.shard], self.counts[piece.shard])
+                for position in piece.positions:
+                    key, files = current.read(int(position))
+                    yield current.path.name, key, files
+        finally:
+            if current is not None:
+                current.close()
+
+    def __iter__(self) -> Iterator[tuple[object, int, str]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        records = self._records(self.plan(worker, num_workers))
+        if self.shuffle_buffer > 1 and self.mode == "train":
+            rng = np.random.default_rng([self.seed, self.epoch, _BUFFER, self.rank, worker])
+            records = _buffer_shuffle(records, self.shuffle_buffer, rng)
+        for shard, key, files in records:
+            image, label = _decode(shard, key, files)
+            yield (self.transform(image) if self.transform is not None else image), label, key
+
+
+def collate_samples(batch: list[tuple[object, int, str]]) -> tuple[object, torch.Tensor, list[str]]:
+    """Stack tensor images (keep PIL images as a list), labels as int64, keys as a list."""
+    images, labels, keys = zip(*batch)
+    stacked = torch.stack(images) if all(isinstance(i, torch.Tensor) for i in images) else list(images)
+    return stacked, torch.tensor(labels, dtype=torch.long), list(keys)
+
+
+def make_loader(
+    dataset: ShardDataset,
+    batch_size: int,
+    num_workers: int = 0,
+    *,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over one rank's ``ShardDataset`` (rank splitting is already done by the dataset).
+
+    Aligns the dataset's worker split to ``batch_size`` (see ``ShardDataset.align_to``), so every rank
+    gets ``ceil(len(dataset)/batch_size)`` batches whatever ``num_workers`` is.
+    """
+    dataset.align_to(batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
