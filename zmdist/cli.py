@@ -17,7 +17,7 @@ from types import ModuleType
 
 from zmdist.config import ConfigError, describe_default, iter_options, load_config, _type_name
 
-STAGES = ("shard", "embed", "pseudolabel", "quickstart")
+STAGES = ("shard", "embed", "pseudolabel", "train", "quickstart")
 
 
 def _stage_module(name: str) -> ModuleType:
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="zmdist", description="Distil open_clip teachers into small students: shard -> embed -> pseudolabel -> train.",
+        epilog="zmdist submit [options] STAGE [args...]: run a stage on SLURM or locally via submitit "
+        "(zmdist submit --help).",
     )
     parser.add_argument("--version", action="version", version=f"zmdist {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -70,6 +72,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["submit"]:
+        from zmdist.launch.submit import main as submit_main
+
+        return submit_main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     module = _stage_module(args.stage)

@@ -36,7 +36,7 @@ import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -266,6 +266,7 @@ class ShardDataset(IterableDataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         seed: int = 0,
         shuffle_buffer: int = 0,
+        sample_fn: Callable[[dict], Any] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -287,6 +288,10 @@ class ShardDataset(IterableDataset):
         self.classes = manifest.classes
         self.split, self.rank, self.world, self.mode = split, rank, world, mode
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
+        # sample_fn replaces (transform(image), label, key) when a caller needs the whole record
+        # ({"image", "label", "key", "shard", "epoch"}): e.g. two augmented views seeded per key and
+        # epoch, joined to the sample's pseudolabel by (shard, key).
+        self.sample_fn = sample_fn
         self.epoch = 0
         self.align = 1
 
@@ -336,7 +341,10 @@ class ShardDataset(IterableDataset):
             records = _buffer_shuffle(records, self.shuffle_buffer, rng)
         for shard, key, files in records:
             image, label = _decode(shard, key, files)
-            yield (self.transform(image) if self.transform is not None else image), label, key
+            if self.sample_fn is not None:
+                yield self.sample_fn({"image": image, "label": label, "key": key, "shard": shard, "epoch": self.epoch})
+            else:
+                yield (self.transform(image) if self.transform is not None else image), label, key
 
 
 def collate_samples(batch: list[tuple[object, int, str]]) -> tuple[object, torch.Tensor, list[str]]:

@@ -1,0 +1,1 @@
+"""Student training: data (labelled subset + pseudolabelled stream), algorithms, the engine, checkpoints."""

@@ -1,0 +1,176 @@
+"""Training data: the labelled subset, the unlabelled stream joined to its pseudolabels, eval batches.
+
+Augmentation randomness is seeded per (seed, epoch, key, view) inside the workers, and labelled batches per
+(seed, step, rank): a sample's views never depend on worker count, batch position or where a run was
+resumed, so a killed-and-resumed run sees exactly the batches the uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from zmdist.data.manifest import Manifest
+from zmdist.data.reader import ShardDataset, iter_shard
+from zmdist.formats import PseudolabelShard, PseudolabelStore, sidecar_name
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class Views:
+    """Weak (crop [+ flip]) and strong (weak + RandAugment) training views, and the eval view."""
+
+    weak: Callable[[Image.Image], torch.Tensor]
+    strong: Callable[[Image.Image], torch.Tensor]
+    eval: Callable[[Image.Image], torch.Tensor]
+
+
+def make_views(img_size: int, hflip: bool, randaugment_ops: int = 2, randaugment_magnitude: int = 10) -> Views:
+    finish = [T.ToTensor(), T.Normalize(MEAN, STD)]
+    resize = T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC)
+    weak = [resize, T.RandomCrop(img_size, padding=max(1, img_size // 8), padding_mode="reflect")]
+    if hflip:
+        weak.append(T.RandomHorizontalFlip())
+    strong = [*weak, T.RandAugment(randaugment_ops, randaugment_magnitude)]
+    return Views(T.Compose(weak + finish), T.Compose(strong + finish), T.Compose([resize, *finish]))
+
+
+def sample_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (keys are strings; Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def seeded(fn: Callable[[Image.Image], torch.Tensor], image: Image.Image, seed: int) -> torch.Tensor:
+    """Apply a random transform with torch's RNG fixed to ``seed`` (torchvision draws from it)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return fn(image)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def pseudolabel_targets(sidecar: PseudolabelShard, row: int, num_classes: int) -> np.ndarray:
+    """The teacher's probability vector of one sample: stored full, or its renormalised top-k."""
+    if sidecar.probs is not None:
+        return sidecar.probs[row].astype(np.float32)
+    soft = np.zeros(num_classes, np.float32)
+    soft[sidecar.topk_classes[row]] = sidecar.topk_probs[row]
+    return soft / soft.sum()
+
+
+class StreamSample:
+    """``ShardDataset.sample_fn`` for training streams: views seeded per key, joined to pseudolabels.
+
+    A top-level class (not a closure) so DataLoader workers can be started with spawn as well as fork.
+    Returns (weak, strong or empty, ground-truth label, pseudolabel, confidence, teacher probs).
+    """
+
+    def __init__(self, views: Views, seed: int, pseudolabels: str | None, num_classes: int, strong: bool,
+                 eval_view: bool = False):
+        self.views, self.seed, self.num_classes = views, seed, num_classes
+        self.pl_dir, self.strong, self.eval_view = pseudolabels, strong, eval_view
+        self._store: PseudolabelStore | None = None
+
+    def __call__(self, rec: dict[str, Any]) -> tuple:
+        image, key = rec["image"], rec["key"]
+        if self.eval_view:
+            weak = self.views.eval(image)
+        else:
+            weak = seeded(self.views.weak, image, sample_seed(self.seed, rec["epoch"], key, "weak"))
+        strong = (seeded(self.views.strong, image, sample_seed(self.seed, rec["epoch"], key, "strong"))
+                  if self.strong else torch.empty(0))
+        pl, conf, soft = -1, 0.0, np.zeros(self.num_classes, np.float32)
+        if self.pl_dir is not None:
+            if self._store is None:
+                self._store = PseudolabelStore(self.pl_dir)
+            sidecar = self._store.shard(rec["shard"])
+            try:
+                row = sidecar.row(key)
+            except KeyError:
+                raise KeyError(f"shard {rec['shard']}: no pseudolabel for key {key!r} in {self.pl_dir}: "
+                               "rerun `zmdist pseudolabel` for these shards") from None
+            pl, conf = int(sidecar.pseudolabel[row]), float(sidecar.confidence[row])
+            soft = pseudolabel_targets(sidecar, row, self.num_classes)
+        return weak, strong, rec["label"], pl, conf, torch.from_numpy(soft)
+
+
+def stream_loader(shards: str | Path, split: str, rank: int, world: int, batch_size: int, num_workers: int,
+                  sample: StreamSample, *, mode: str, seed: int) -> tuple[ShardDataset, DataLoader]:
+    """A per-rank loader (kept away from accelerate's ``prepare``: the rank split is ours)."""
+    ds = ShardDataset(shards, split, rank, world, mode=mode, seed=seed, sample_fn=sample)
+    ds.align_to(batch_size)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False)
+    return ds, loader
+
+
+def select_labelled(pl_dir: str | Path, manifest: Manifest, split: str, labels_per_class: int, seed: int,
+                    keys_file: str = "") -> list[str]:
+    """The labelled subset: a key list file (e.g. from ``zmdist select``), or ``labels_per_class`` keys
+    per class drawn with ``seed`` from the samples that have ground truth. Sorted, so it is a stable set."""
+    if keys_file:
+        keys = [k.strip() for k in Path(keys_file).read_text().splitlines() if k.strip()]
+        if not keys:
+            raise ValueError(f"labelled_keys={keys_file} lists no keys")
+        return sorted(set(keys))
+    keys_by_class: dict[int, list[str]] = {}
+    for shard in manifest.split(split).shards:
+        side = PseudolabelShard.load(Path(pl_dir) / sidecar_name(shard.name))
+        for key, label in zip(side.keys.tolist(), side.labels.tolist()):
+            if label >= 0:
+                keys_by_class.setdefault(label, []).append(key)
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    for label in range(len(manifest.classes)):
+        pool = sorted(keys_by_class.get(label, []))
+        if len(pool) < labels_per_class:
+            raise ValueError(f"labels_per_class={labels_per_class}, but class {manifest.classes[label]!r} has only "
+                             f"{len(pool)} labelled samples in split {split!r}")
+        chosen += [pool[i] for i in rng.choice(len(pool), labels_per_class, replace=False)]
+    return sorted(chosen)
+
+
+class LabelledSet:
+    """The (small) labelled subset held in memory; batches drawn per (seed, step, rank) with replacement."""
+
+    def __init__(self, manifest: Manifest, split: str, keys: list[str], pl_dir: str | Path | None, views: Views,
+                 seed: int):
+        wanted = set(keys)
+        self.images: list[Image.Image] = []
+        self.labels: list[int] = []
+        self.keys: list[str] = []
+        self.pseudolabels: list[int] = []
+        store = PseudolabelStore(pl_dir) if pl_dir else None
+        for path in manifest.shard_paths(split):
+            for s in iter_shard(path):
+                if s["key"] in wanted:
+                    if s["label"] < 0:
+                        raise ValueError(f"labelled key {s['key']!r} (shard {path.name}) has no label in the shards")
+                    self.images.append(s["image"])
+                    self.labels.append(s["label"])
+                    self.keys.append(s["key"])
+                    self.pseudolabels.append(store.lookup(path.name, s["key"])[0] if store else -1)
+        missing = wanted - set(self.keys)
+        if missing:
+            raise ValueError(f"{len(missing)} labelled keys are not in split {split!r}, e.g. {sorted(missing)[:3]}")
+        self.views, self.seed = views, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, step: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weak views, labels, pseudolabels) of ``size`` samples for this step and rank."""
+        rng = np.random.default_rng([self.seed, step, rank])
+        idx = rng.integers(0, len(self.images), size)
+        x = torch.stack([seeded(self.views.weak, self.images[i], sample_seed(self.seed, step, rank, int(i), j))
+                         for j, i in enumerate(idx)])
+        return x, torch.tensor([self.labels[i] for i in idx]), torch.tensor([self.pseudolabels[i] for i in idx])
