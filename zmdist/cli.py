@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from zmdist.config import ConfigError, describe_default, iter_options, load_config, _type_name
+from zmdist.config import ConfigError, _type_name, describe_default, iter_options, load_config
+from zmdist.train.engine import Interrupted
 
 STAGES = ("shard", "embed", "pseudolabel", "train", "quickstart")
+# Exit status of a run stopped by SIGTERM/SIGUSR1/SIGUSR2 after checkpointing (EX_TEMPFAIL: "try again").
+EXIT_INTERRUPTED = 75
 
 
 def _stage_module(name: str) -> ModuleType:
@@ -88,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module.run(cfg, args.out)
-    except (FileNotFoundError, ValueError) as err:
+    except Interrupted as err:
+        print(f"zmdist {args.stage}: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (FileNotFoundError, KeyError, ValueError) as err:
         if args.verbose:
             raise
         print(f"zmdist {args.stage}: error: {err}", file=sys.stderr)

@@ -30,7 +30,14 @@ from zmdist.data.manifest import Manifest
 from zmdist.models import DualHead, create_student
 from zmdist.provenance import provenance, write_run_files
 from zmdist.train import algorithms as alg
-from zmdist.train.data import LabelledSet, StreamSample, make_views, select_labelled, stream_loader
+from zmdist.train.data import (
+    LabelledSet,
+    StreamSample,
+    check_sidecars,
+    make_views,
+    select_labelled,
+    stream_loader,
+)
 from zmdist.train.engine import Engine, EngineConfig, TrainData
 
 NAME = "train"
@@ -123,6 +130,8 @@ def _run_stage(cfg: Config, method: str, steps: int, out: Path, info: dist.DistI
     pl_dir = cfg.pseudolabels or None
     if pl_dir is None and method != "supervised":
         raise ValueError(f"method={method} learns from pseudolabels: set pseudolabels=DIR (zmdist pseudolabel)")
+    if pl_dir is not None:
+        check_sidecars(pl_dir, manifest, [cfg.train_split, cfg.eval_split])
     labelled = None
     if algorithm.uses_labelled:
         if pl_dir is None and not cfg.labelled_keys:

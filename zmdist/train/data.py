@@ -113,6 +113,21 @@ def stream_loader(shards: str | Path, split: str, rank: int, world: int, batch_s
     return ds, loader
 
 
+def check_sidecars(pl_dir: str | Path, manifest: Manifest, splits: list[str]) -> None:
+    """Fail before training, not hours in: every shard of ``splits`` needs a readable sidecar holding
+    exactly the shard's sample count (a missing or stale sidecar names the shard and what to run)."""
+    for split in splits:
+        for shard in manifest.split(split).shards:
+            path = Path(pl_dir) / sidecar_name(shard.name)
+            if not path.is_file():
+                raise FileNotFoundError(f"no pseudolabel sidecar for shard {shard.name} (expected {path}): "
+                                        "run `zmdist pseudolabel` over these shards")
+            rows = len(PseudolabelShard.load(path).keys)
+            if rows > shard.count:
+                raise ValueError(f"sidecar {path} has {rows} rows but shard {shard.name} holds {shard.count} "
+                                 "samples: it belongs to other shards; rerun `zmdist pseudolabel`")
+
+
 def select_labelled(pl_dir: str | Path, manifest: Manifest, split: str, labels_per_class: int, seed: int,
                     keys_file: str = "") -> list[str]:
     """The labelled subset: a key list file (e.g. from ``zmdist select``), or ``labels_per_class`` keys

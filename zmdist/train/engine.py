@@ -260,7 +260,7 @@ class Engine:
                 record = {"step": step, "lr": backend.current_lr(), "samples_per_s": window_samples / elapsed,
                           **{k: float(v) for k, v in terms.items()}}
                 window_start, window_samples = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{record.get('loss', float(loss)):.3f}")
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
                 if backend.is_main:
                     _append_jsonl(log_path, record)
                     if tb:
