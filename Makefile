@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: quickstart test bench clean
+.PHONY: quickstart test cluster bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,7 +15,16 @@ $(VENV)/.installed: pyproject.toml
 quickstart: $(VENV)/.installed
 	$(VENV)/bin/zmdist quickstart --out runs/quickstart
 
-test: $(VENV)/.installed
+# The SLURM tests need the two-node test cluster on this machine (root); ZMDIST_SLURM_TESTS=0 skips it
+# and deselects those tests.
+cluster:
+ifeq ($(ZMDIST_SLURM_TESTS),0)
+	@echo "ZMDIST_SLURM_TESTS=0: not starting the local SLURM cluster"
+else
+	bash slurm/local-cluster.sh up
+endif
+
+test: $(VENV)/.installed cluster
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed

@@ -67,6 +67,6 @@ class AccelerateBackend(Backend):
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
 
     def load(self, folder: Path) -> None:
-        self.unwrapped().load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+        self.unwrapped().load_state_dict(load_file(str(folder / "model.safetensors")))  # copied onto the device
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))

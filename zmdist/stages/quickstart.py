@@ -5,7 +5,9 @@
    ``pretrained=<path>`` path real weights use. It never sees the real digits or their labels.
 2. ``shard`` scikit-learn's 1,797 real handwritten digits (shipped with the package) into tar shards.
 3. ``embed`` them with the teacher, 4. ``pseudolabel`` them zero-shot from class-name prompts.
-5. Print the teacher's zero-shot accuracy and the accuracy/coverage of its confident pseudolabels.
+5. ``train`` students with a few labels per class: ``supervised``, ``distill``, ``fixmatch``, ``zeromatch``.
+6. Print one table: the teacher's zero-shot accuracy, its confident pseudolabels, and each student's
+   test accuracy (mean and spread over ``seeds``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from zmdist.config import load_config, option, to_dict
 from zmdist.provenance import provenance, write_run_files
-from zmdist.stages import embed, pseudolabel, shard
+from zmdist.stages import embed, pseudolabel, shard, train
 
 NAME = "quickstart"
 HELP = "run the offline embedded default: synthetic-digit teacher -> real digits -> shard/embed/pseudolabel"
@@ -29,13 +31,21 @@ log = logging.getLogger("zmdist")
 @dataclass
 class Config:
     teacher_model: str = option("zmdist-tiny-vit", "tiny open_clip config the teacher is pretrained with")
-    teacher_seconds: float = option(120.0, "wall-clock budget of the teacher's synthetic pretraining")
+    teacher_steps: int = option(800, "steps of the teacher's contrastive pretraining on synthetic digits")
     templates: str = option("digits", "prompt template set for the zero-shot classifier")
     shard_size: int = option(300, "samples per shard (small, so the data spans several shards)")
     test_fraction: float = option(0.25, "held-out test share of the real digits (stratified)")
     batch_size: int = option(256, "embedding batch size")
     num_workers: int = option(1, "DataLoader workers for embedding")
     seed: int = option(0, "seed of the teacher pretraining, the shuffle and the split")
+    methods: list[str] = option(factory=lambda: ["supervised", "distill", "fixmatch", "zeromatch"],
+                                help="student training methods compared in the table")
+    seeds: list[int] = option(factory=lambda: [0], help="student seeds (labelled subset + init); mean and spread")
+    labels_per_class: int = option(4, "labelled digits per class for the students")
+    student: str = option("cnn-tiny", "student model")
+    student_img_size: int = option(16, "student input size")
+    train_steps: int = option(300, "student training steps (zeromatch: stage 1)")
+    stage0_steps: int = option(150, "zeromatch stage-0 distillation steps")
     progress: bool = option(True, "show progress bars")
 
 
@@ -47,7 +57,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     checkpoint = pretrain_digit_teacher(
-        out / "cache", model=cfg.teacher_model, seconds=cfg.teacher_seconds, seed=cfg.seed, progress=cfg.progress
+        out / "cache", model=cfg.teacher_model, steps=cfg.teacher_steps, seed=cfg.seed, progress=cfg.progress
     )
     timings["teacher_pretrain_s"] = time.perf_counter() - t0
 
@@ -67,6 +77,10 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         stage_results[name] = module.run(load_config(module.Config, None, overrides), out / folder)
         timings[f"{name}_s"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    students = {m: [train_student(cfg, out, m, seed) for seed in cfg.seeds] for m in cfg.methods}
+    timings["train_s"] = time.perf_counter() - t0
+
     pl = stage_results["pseudolabel"]
     results = {
         "stage": NAME,
@@ -76,12 +90,37 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         "accuracy_at_thresholds": pl["accuracy_at_thresholds"],
         "ece": pl["ece"],
         "samples": pl["samples"],
+        "teacher_test_accuracy": pl["zero_shot_accuracy_per_split"].get("test"),
         "images_per_second": stage_results["embed"]["images_per_second"],
+        "labels_per_class": cfg.labels_per_class,
+        "students": {m: summarise_seeds(runs) for m, runs in students.items()},
         "timings_s": {**timings, "total_s": time.perf_counter() - start},
     }
     write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seed)})
     print(format_table(results))
     return results
+
+
+def train_student(cfg: Config, out: Path, method: str, seed: int) -> dict[str, Any]:
+    """One student run, in its own folder (a rerun starts it afresh: the teacher may have changed)."""
+    folder = out / "students" / f"{method}-seed{seed}"
+    _fresh(folder)
+    overrides = [
+        f"shards={out / 'shards'}", f"pseudolabels={out / 'pseudolabels'}", f"method={method}",
+        f"student={cfg.student}", f"img_size={cfg.student_img_size}", "hflip=false",
+        f"labels_per_class={cfg.labels_per_class}", f"steps={cfg.train_steps}", f"stage0_steps={cfg.stage0_steps}",
+        f"seed={seed}", f"eval_every={cfg.train_steps}", "checkpoint_every=0", "num_workers=1",
+        f"progress={cfg.progress}",
+    ]
+    return train.run(load_config(train.Config, None, overrides), folder)
+
+
+def summarise_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    accs = [r["accuracy"] for r in runs]
+    mean = sum(accs) / len(accs)
+    std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+    return {"accuracy_mean": mean, "accuracy_std": std, "accuracy_per_seed": accs,
+            "class_weighted_accuracy_mean": sum(r["class_weighted_accuracy"] for r in runs) / len(runs)}
 
 
 def _fresh(folder: Path) -> None:
@@ -104,9 +143,17 @@ def format_table(results: dict[str, Any]) -> str:
     for row in results["accuracy_at_thresholds"]:
         acc = f"{row['accuracy']:.3f}" if row["count"] else "  -  "
         lines.append(f"    >= {row['threshold']:.2f}     {row['coverage']:6.3f}     {acc}")
+    n_seeds = len(next(iter(results["students"].values()))["accuracy_per_seed"]) if results["students"] else 0
+    lines += [
+        f"  students on the {results.get('labels_per_class')}-labels-per-class task, test split"
+        f" (mean +- std over {n_seeds} seed{'s' * (n_seeds != 1)}):",
+        f"    {'teacher zero-shot':<20}{results['teacher_test_accuracy']:.3f}",
+    ]
+    for method, row in results["students"].items():
+        lines.append(f"    {method:<20}{row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}")
     t = results["timings_s"]
     lines.append(
         f"  time: teacher {t['teacher_pretrain_s']:.0f}s, shard {t['shard_s']:.1f}s, embed {t['embed_s']:.1f}s, "
-        f"pseudolabel {t['pseudolabel_s']:.1f}s, total {t['total_s']:.0f}s"
+        f"pseudolabel {t['pseudolabel_s']:.1f}s, students {t['train_s']:.0f}s, total {t['total_s']:.0f}s"
     )
     return "\n".join(lines)

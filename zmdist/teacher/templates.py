@@ -21,7 +21,20 @@ TEMPLATE_SETS: dict[str, list[str]] = {
         "art of the {}.",
         "a photo of the small {}.",
     ],
-    "digits": ["a photo of the digit {}."],
+    # The caption templates the embedded-default teacher was pretrained with (zmdist.synth.digits).
+    "digits": [
+        "a photo of the digit {}.",
+        "a photo of the number {}.",
+        "an image of the digit {}.",
+        "the digit {}.",
+        "the number {}.",
+        "a digit {}.",
+        "a picture of a {}.",
+        "a small image of the digit {}.",
+        "a handwritten {}.",
+        "a handwritten digit {}.",
+        "the number {} written by hand.",
+    ],
 }
 
 

@@ -129,7 +129,8 @@ class Engine:
     def __init__(self, cfg: EngineConfig, backend: Backend, algorithm: Algorithm, data: TrainData, out: Path):
         self.cfg, self.backend, self.algorithm, self.data, self.out = cfg, backend, algorithm, data, out
         self.pos = _Position()
-        self._signalled = False
+        self._signalled = 0
+        self._previous_handlers: dict[int, Callable] = {}
 
     # ---- setup -------------------------------------------------------------------------------
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -141,12 +142,17 @@ class Engine:
         return torch.optim.AdamW(groups, lr=self.cfg.lr)
 
     def _install_signal_handlers(self) -> None:
+        """Note the signal; the loop checkpoints at the end of the step. A handler that was there before
+        (submitit's, which requeues the job) is called after the checkpoint is written."""
+
         def handler(signum: int, _frame: Any) -> None:
             log.warning("received %s: checkpointing at the end of this step", signal.Signals(signum).name)
-            self._signalled = True
+            self._signalled = signum
 
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, handler)
+            previous = signal.signal(sig, handler)
+            if callable(previous):
+                self._previous_handlers[sig] = previous
 
     # ---- data --------------------------------------------------------------------------------
     def _stream(self) -> Iterator[tuple[int, int, tuple]]:
@@ -287,6 +293,8 @@ class Engine:
             if stop.item() > 0:
                 folder = self.save_checkpoint()
                 bar.close()
+                if self._signalled in self._previous_handlers:  # e.g. submitit: requeue, resume=auto
+                    self._previous_handlers[self._signalled](self._signalled, None)
                 raise Interrupted(f"stopped by a signal at step {step}; checkpoint {folder}; rerun with resume=auto")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
                 self.save_checkpoint()
