@@ -40,7 +40,7 @@ class Config:
     seed: int = option(0, "seed of the teacher pretraining, the shuffle and the split")
     methods: list[str] = option(factory=lambda: ["supervised", "distill", "fixmatch", "zeromatch"],
                                 help="student training methods compared in the table")
-    seeds: list[int] = option(factory=lambda: [0], help="student seeds (labelled subset + init); mean and spread")
+    seeds: list[int] = option(factory=lambda: [0, 1, 2], help="student seeds (labelled subset + init); mean and spread")
     labels_per_class: int = option(4, "labelled digits per class for the students")
     student: str = option("cnn-tiny", "student model")
     student_img_size: int = option(16, "student input size")
