@@ -38,6 +38,18 @@ def cluster() -> None:
         pytest.fail(f"{UP_HINT} (sinfo: {out.strip() or 'no nodes'})", pytrace=False)
 
 
+def preempt_and_release(job_id: str) -> None:
+    """Send what SLURM sends on preemption (preempt_send_user_signal) or before the time limit (--signal),
+    wait until the job has requeued itself, and release it: `scontrol requeue` holds a job for about two
+    minutes (BeginTime)."""
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 90
+    while jobs_db.slurm_state(job_id) != "PENDING":
+        assert time.monotonic() < deadline, f"job {job_id} was not requeued: {jobs_db.slurm_state(job_id)}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+
+
 def test_embed_array_of_two_tasks(make_shards, tmp_path):
     shards, keys = make_shards([15, 15, 15, 15])
     emb, job = tmp_path / "emb", tmp_path / "job"
@@ -85,15 +97,8 @@ def test_preempted_job_requeues_and_resumes(make_shards, tmp_path):
             assert time.monotonic() < deadline and submitter.poll() is None, "the job never wrote a shard"
             time.sleep(0.05)
         job_id = jobs_db.load(job)[0]["job_id"]
-        # what SLURM sends on preemption (preempt_send_user_signal) or before the time limit (--signal)
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        preempt_and_release(job_id)
         done_at_signal = len(list(emb.glob("*.npz")))
-        # `scontrol requeue` holds the job for about 2 minutes (BeginTime); release it now
-        deadline = time.monotonic() + 60
-        while jobs_db.slurm_state(job_id) != "PENDING":
-            assert time.monotonic() < deadline, f"job {job_id} was not requeued: {jobs_db.slurm_state(job_id)}"
-            time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
         stdout, stderr = submitter.communicate(timeout=240)
     finally:
         if submitter.poll() is None:
@@ -154,12 +159,7 @@ def test_preempted_training_job_checkpoints_requeues_and_finishes(digits, tmp_pa
             assert time.monotonic() < deadline and submitter.poll() is None, "the job never started training"
             time.sleep(0.1)
         job_id = jobs_db.load(job)[0]["job_id"]
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
-        deadline = time.monotonic() + 90
-        while jobs_db.slurm_state(job_id) != "PENDING":
-            assert time.monotonic() < deadline, f"job {job_id} was not requeued: {jobs_db.slurm_state(job_id)}"
-            time.sleep(0.2)
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+        preempt_and_release(job_id)
         stdout, stderr = submitter.communicate(timeout=300)
     finally:
         if submitter.poll() is None:

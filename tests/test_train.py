@@ -58,6 +58,7 @@ def test_methods_train_and_record_results(digits, tmp_path, method):
     logs = [json.loads(line) for line in (final.parent / "log.jsonl").read_text().splitlines()]
     assert any("samples_per_s" in r and r["samples_per_s"] > 0 for r in logs)
     assert any(r.get("eval") for r in logs)
+    assert list((final.parent / "tensorboard").glob("events.out.tfevents.*"))  # the same metrics in TensorBoard
     if method != "distill":
         keys = (final.parent / "labelled_keys.txt").read_text().split()
         assert len(keys) == 40 == len(set(keys))  # 4 labels per class

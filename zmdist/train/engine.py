@@ -318,9 +318,7 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def _tensorboard(out: Path):
-    """A TensorBoard writer when tensorboard is installed (metrics always go to log.jsonl too)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
+    """TensorBoard writer for the same metrics as log.jsonl (``tensorboard --logdir OUT/tensorboard``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(out / "tensorboard"))
