@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=250)
+    parser.add_argument("--image-format", default="jpg", choices=["jpg", "png"], help="how shards store images")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the medians here")
     args = parser.parse_args()
@@ -95,7 +96,8 @@ def main() -> None:
         tmp = Path(tmp)
         make_imagefolder(tmp / "images", args.images)
         shard.run(load_config(shard.Config, None, [f"source=imagefolder:{tmp / 'images'}",
-                                                   f"shard_size={args.shard_size}", "progress=false"]), tmp / "shards")
+                                                   f"shard_size={args.shard_size}", f"image_format={args.image_format}",
+                                                   "progress=false"]), tmp / "shards")
         plain, ours = [], []
         for _ in range(args.repeats):  # interleaved so drift on a noisy machine hits both sides alike
             plain.append(plain_loop(tmp / "images", args.model, args.batch_size, args.workers))

@@ -164,7 +164,8 @@ def _run_stage(cfg: Config, method: str, steps: int, out: Path, info: dist.DistI
     )
     log.info("train[%s]: %s, %d steps, %s backend, world %d, per-process batch %d", method, cfg.student, steps,
              cfg.backend, backend.world_size, per_rank)
-    data = TrainData(labelled=labelled, labelled_batch=per_rank, stream=stream, eval=evaluation,
+    data = TrainData(labelled=labelled, labelled_batch=per_rank, labelled_workers=min(cfg.num_workers, 1),
+                     stream=stream, eval=evaluation,
                      num_classes=num_classes)
     result = Engine(engine_cfg, backend, algorithm, data, out).bind_model(model).fit(resume=cfg.resume == "auto")
     result["world_size"] = backend.world_size

@@ -50,13 +50,17 @@ def sample_seed(*parts: object) -> int:
 
 
 def seeded(fn: Callable[[Image.Image], torch.Tensor], image: Image.Image, seed: int) -> torch.Tensor:
-    """Apply a random transform with torch's RNG fixed to ``seed`` (torchvision draws from it)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    """Apply a random transform with torch's CPU RNG fixed to ``seed`` (torchvision draws from it).
+
+    Seeds the CPU generator only: ``torch.manual_seed`` would also queue a CUDA re-seed, which costs
+    ~80x more and is called once per sample and view here."""
+    generator = torch.random.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
     try:
         return fn(image)
     finally:
-        torch.random.set_rng_state(state)
+        generator.set_state(state)
 
 
 def pseudolabel_targets(sidecar: PseudolabelShard, row: int, num_classes: int) -> np.ndarray:
@@ -182,6 +186,11 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def batches(self, start_step: int, rank: int, size: int, num_workers: int) -> DataLoader:
+        """Step batches from ``start_step`` on, built in ``num_workers`` background processes."""
+        return DataLoader(_LabelledSteps(self, start_step, rank, size), batch_size=None, num_workers=num_workers,
+                          persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
     def batch(self, step: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weak views, labels, pseudolabels) of ``size`` samples for this step and rank."""
         rng = np.random.default_rng([self.seed, step, rank])
@@ -189,3 +198,19 @@ class LabelledSet:
         x = torch.stack([seeded(self.views.weak, self.images[i], sample_seed(self.seed, step, rank, int(i), j))
                          for j, i in enumerate(idx)])
         return x, torch.tensor([self.labels[i] for i in idx]), torch.tensor([self.pseudolabels[i] for i in idx])
+
+
+class _LabelledSteps(torch.utils.data.IterableDataset):
+    """Labelled batches for steps ``start, start+1, ...``; with several workers each takes every n-th step
+    (DataLoader then returns them in step order)."""
+
+    def __init__(self, labelled: LabelledSet, start: int, rank: int, size: int):
+        self.labelled, self.start, self.rank, self.size = labelled, start, rank, size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        step = self.start + wid
+        while True:
+            yield self.labelled.batch(step, self.rank, self.size)
+            step += nw

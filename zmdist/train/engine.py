@@ -94,6 +94,7 @@ class TrainData:
 
     labelled: Any | None  # zmdist.train.data.LabelledSet
     labelled_batch: int
+    labelled_workers: int
     stream: tuple[Any, Any] | None  # (ShardDataset, DataLoader)
     eval: tuple[Any, Any]
     num_classes: int
@@ -166,11 +167,10 @@ class Engine:
                     yield epoch, i, batch
             epoch, skip = epoch + 1, 0
 
-    def _next_batch(self, stream: Iterator | None) -> Batch:
+    def _next_batch(self, labelled: Iterator | None, stream: Iterator | None) -> Batch:
         batch = Batch()
-        step, rank = self.pos.step, self.backend.rank
-        if self.algorithm.uses_labelled:
-            batch.x_lb, batch.y_lb, batch.yp_lb = self.data.labelled.batch(step, rank, self.data.labelled_batch)
+        if labelled is not None:
+            batch.x_lb, batch.y_lb, batch.yp_lb = next(labelled)
         if stream is not None:
             epoch, index, (weak, strong, _labels, pl, conf, probs) = next(stream)
             self.pos.epoch, self.pos.batch_in_epoch = epoch, index + 1
@@ -247,13 +247,16 @@ class Engine:
         log_path = self.out / "log.jsonl"
         tb = _tensorboard(self.out) if backend.is_main else None
         stream = self._stream() if self.algorithm.uses_stream else None
+        labelled = (iter(self.data.labelled.batches(self.pos.step, backend.rank, self.data.labelled_batch,
+                                                    self.data.labelled_workers))
+                    if self.algorithm.uses_labelled else None)
         backend.model.train()
         bar = tqdm(total=cfg.steps, initial=self.pos.step, disable=not (cfg.progress and backend.is_main),
                    desc="train", unit="step")
         window_start, window_samples = time.perf_counter(), 0
         reduce_mean = lambda t: backend.all_reduce(t, "mean")  # noqa: E731
         while self.pos.step < cfg.steps:
-            batch = self._next_batch(stream)
+            batch = self._next_batch(labelled, stream)
             with backend.autocast():
                 loss, terms = self.algorithm.loss(backend.model, batch, self.pos.step, cfg.steps, reduce_mean)
             backend.step(loss)
