@@ -117,16 +117,10 @@ def run_zmdist(nproc: int, args: argparse.Namespace, env: dict, out: Path) -> fl
 
 
 def prepare(tmp: Path) -> tuple[Path, Path]:
-    from zmdist.config import load_config
-    from zmdist.stages import embed, pseudolabel, shard
+    from zmdist.stages.quickstart import prepare_digits
 
-    shard.run(load_config(shard.Config, None, ["source=sklearn-digits", "shard_size=300", "test_fraction=0.25",
-                                               "progress=false"]), tmp / "shards")
-    embed.run(load_config(embed.Config, None, [f"shards={tmp / 'shards'}", "teacher.model=zmdist-micro-vit",
-                                               "num_workers=0", "progress=false"]), tmp / "emb")
-    pseudolabel.run(load_config(pseudolabel.Config, None, [f"embeddings={tmp / 'emb'}", "templates=digits"]),
-                    tmp / "pl")
-    return tmp / "shards", tmp / "pl"
+    prepare_digits(tmp, teacher_model="zmdist-micro-vit", num_workers=0)
+    return tmp / "shards", tmp / "pseudolabels"
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from test_stages import _env, zmdist_cli
 from zmdist.config import load_config
 from zmdist.data.manifest import Manifest
 from zmdist.models import DualHead, create_student
-from zmdist.stages import embed, pseudolabel, shard, train
+from zmdist.stages import train
+from zmdist.stages.quickstart import prepare_digits
 from zmdist.train.metrics import classification_metrics, confusion_matrix
 
 FAST = ["student=cnn-tiny", "img_size=16", "batch_size=16", "hflip=false", "num_workers=0", "progress=false",
@@ -25,13 +26,8 @@ FAST = ["student=cnn-tiny", "img_size=16", "batch_size=16", "hflip=false", "num_
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
-    shard.run(load_config(shard.Config, None, ["source=sklearn-digits", "shard_size=300", "test_fraction=0.25",
-                                               "progress=false"]), root / "shards")
-    embed.run(load_config(embed.Config, None, [f"shards={root / 'shards'}", "teacher.model=zmdist-micro-vit",
-                                               "num_workers=0", "progress=false"]), root / "emb")
-    pseudolabel.run(load_config(pseudolabel.Config, None, [f"embeddings={root / 'emb'}", "templates=digits"]),
-                    root / "pl")
-    return root / "shards", root / "pl"
+    prepare_digits(root, teacher_model="zmdist-micro-vit", num_workers=0)
+    return root / "shards", root / "pseudolabels"
 
 
 def _test_size(digits) -> int:

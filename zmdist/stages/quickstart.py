@@ -61,21 +61,12 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     )
     timings["teacher_pretrain_s"] = time.perf_counter() - t0
 
-    stage_results = {}
-    for name, module, overrides, folder in [
-        ("shard", shard, [f"source=sklearn-digits", f"shard_size={cfg.shard_size}", f"seed={cfg.seed}",
-                          f"test_fraction={cfg.test_fraction}", "overwrite=true", f"progress={cfg.progress}"], "shards"),
-        ("embed", embed, [f"shards={out / 'shards'}", f"teacher.model={cfg.teacher_model}",
-                          f"teacher.pretrained={checkpoint}", f"batch_size={cfg.batch_size}",
-                          f"num_workers={cfg.num_workers}", f"progress={cfg.progress}"], "embeddings"),
-        ("pseudolabel", pseudolabel, [f"embeddings={out / 'embeddings'}", f"templates={cfg.templates}"],
-         "pseudolabels"),
-    ]:
-        if name != "shard":
-            _fresh(out / folder)
-        t0 = time.perf_counter()
-        stage_results[name] = module.run(load_config(module.Config, None, overrides), out / folder)
-        timings[f"{name}_s"] = time.perf_counter() - t0
+    stage_results = prepare_digits(
+        out, teacher_model=cfg.teacher_model, pretrained=str(checkpoint), templates=cfg.templates,
+        shard_size=cfg.shard_size, test_fraction=cfg.test_fraction, seed=cfg.seed, batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers, progress=cfg.progress,
+    )
+    timings.update({f"{name}_s": r["seconds"] for name, r in stage_results.items()})
 
     t0 = time.perf_counter()
     students = {m: [train_student(cfg, out, m, seed) for seed in cfg.seeds] for m in cfg.methods}
@@ -98,6 +89,33 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     }
     write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seed)})
     print(format_table(results))
+    return results
+
+
+def prepare_digits(
+    out: Path, *, teacher_model: str, pretrained: str = "", templates: str = "digits", shard_size: int = 300,
+    test_fraction: float = 0.25, seed: int = 0, batch_size: int = 256, num_workers: int = 1, progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """shard -> embed -> pseudolabel of the real digits into ``out/{shards,embeddings,pseudolabels}``.
+
+    Shared by quickstart, the tests and the benchmarks; returns each stage's results plus its ``seconds``.
+    Embeddings and pseudolabels are rebuilt from scratch: a new teacher must not meet an old run's files.
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for name, module, overrides, folder in [
+        ("shard", shard, ["source=sklearn-digits", f"shard_size={shard_size}", f"seed={seed}",
+                          f"test_fraction={test_fraction}", "overwrite=true", f"progress={progress}"], "shards"),
+        ("embed", embed, [f"shards={out / 'shards'}", f"teacher.model={teacher_model}",
+                          f"teacher.pretrained={pretrained}", f"batch_size={batch_size}",
+                          f"num_workers={num_workers}", f"progress={progress}"], "embeddings"),
+        ("pseudolabel", pseudolabel, [f"embeddings={out / 'embeddings'}", f"templates={templates}"],
+         "pseudolabels"),
+    ]:
+        if name != "shard":
+            _fresh(out / folder)
+        t0 = time.perf_counter()
+        results[name] = module.run(load_config(module.Config, None, overrides), out / folder)
+        results[name]["seconds"] = time.perf_counter() - t0
     return results
 
 
