@@ -23,7 +23,7 @@ from zmdist.provenance import provenance, write_run_files
 from zmdist.stages import embed, pseudolabel, shard, train
 
 NAME = "quickstart"
-HELP = "run the offline embedded default: synthetic-digit teacher -> real digits -> shard/embed/pseudolabel"
+HELP = "run the offline embedded default: synthetic-digit teacher -> real digits -> shard/embed/pseudolabel -> students"
 DEFAULT_OUT = Path("runs/quickstart")
 log = logging.getLogger("zmdist")
 
