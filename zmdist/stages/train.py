@@ -167,7 +167,7 @@ def _run_stage(cfg: Config, method: str, steps: int, out: Path, info: dist.DistI
     data = TrainData(labelled=labelled, labelled_batch=per_rank, labelled_workers=min(cfg.num_workers, 1),
                      stream=stream, eval=evaluation,
                      num_classes=num_classes)
-    result = Engine(engine_cfg, backend, algorithm, data, out).bind_model(model).fit(resume=cfg.resume == "auto")
+    result = Engine(engine_cfg, backend, algorithm, data, out, model).fit(resume=cfg.resume == "auto")
     result["world_size"] = backend.world_size
     return result
 

@@ -127,8 +127,10 @@ class _Position:
 
 
 class Engine:
-    def __init__(self, cfg: EngineConfig, backend: Backend, algorithm: Algorithm, data: TrainData, out: Path):
+    def __init__(self, cfg: EngineConfig, backend: Backend, algorithm: Algorithm, data: TrainData, out: Path,
+                 model: torch.nn.Module):
         self.cfg, self.backend, self.algorithm, self.data, self.out = cfg, backend, algorithm, data, out
+        self._model = model
         self.pos = _Position()
         self._signalled = 0
         self._previous_handlers: dict[int, Callable] = {}
@@ -309,10 +311,6 @@ class Engine:
             tb.close()
         return {"final": final, "best": self.pos.best, "best_step": self.pos.best_step,
                 "history": self.pos.history, "resumed": resumed}
-
-    def bind_model(self, model: torch.nn.Module) -> "Engine":
-        self._model = model
-        return self
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
