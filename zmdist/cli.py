@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from zmdist.config import ConfigError, _type_name, describe_default, iter_options, load_config
-from zmdist.train.engine import Interrupted
+from zmdist.config import ConfigError, type_name, describe_default, iter_options, load_config
+from zmdist.train.contract import Interrupted
 
 STAGES = ("shard", "embed", "pseudolabel", "train", "quickstart")
 # Exit status of a run stopped by SIGTERM/SIGUSR1/SIGUSR2 after checkpointing (EX_TEMPFAIL: "try again").
@@ -41,7 +41,7 @@ def _add_stage_parser(subparsers: argparse._SubParsersAction, module: ModuleType
     options = parser.add_argument_group("options (also settable as key=value or in --config)")
     for key, tp, field in iter_options(module.Config):
         options.add_argument(
-            f"--{key}", dest=f"opt:{key}", metavar=_type_name(tp).upper().replace(" ", ""),
+            f"--{key}", dest=f"opt:{key}", metavar=type_name(tp).upper().replace(" ", ""),
             help=f"{field.metadata.get('help', '')} [default: {describe_default(field)}]",
         )
 

@@ -57,14 +57,14 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _type_name(tp: Any) -> str:
+def type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
     if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
+        return " | ".join(type_name(a) for a in get_args(tp))
     if origin is list:
-        return f"list[{_type_name(get_args(tp)[0])}]"
+        return f"list[{type_name(get_args(tp)[0])}]"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -84,16 +84,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arm, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in get_args(tp):
             close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{key}: expected one of {_type_name(tp)}, got {value!r}.{hint}")
+            raise ConfigError(f"{key}: expected one of {type_name(tp)}, got {value!r}.{hint}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} (write lists as [a, b])")
+            raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r} (write lists as [a, b])")
         (item,) = get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is type(None):
