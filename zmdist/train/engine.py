@@ -27,15 +27,12 @@ from tqdm import tqdm
 
 from zmdist.atomic import atomic_path
 from zmdist.backends import Backend
+from zmdist.train.contract import Interrupted
 from zmdist.train.checkpoint import checkpoint_dir, find_latest, mark_latest, read_state, write_state
 from zmdist.train.metrics import classification_metrics, confusion_matrix
 
 log = logging.getLogger("zmdist")
 SIGNAL_AT_STEP_ENV = "ZMDIST_SIGNAL_AT_STEP"  # test hook: send ourselves SIGTERM after this step
-
-
-class Interrupted(RuntimeError):
-    """Training stopped on a signal after writing a checkpoint; ``resume=auto`` continues it."""
 
 
 @dataclass
