@@ -158,6 +158,33 @@ def test_adamatch_relative_threshold():
     assert labels.tolist() == [0, 0, 1]
 
 
+def test_adamatch_threshold_is_inclusive():
+    """Catches: `>=` turned into `>` in AdaMatch's relative threshold (a sample exactly at tau is kept)."""
+    lb = torch.tensor([[0.75, 0.25]])  # tau = 1.0 * 0.75, exactly representable
+    mask, _ = adamatch_mask(torch.tensor([[0.75, 0.25], [0.25, 0.75], [0.7, 0.3]]), lb, p_cutoff=1.0)
+    assert mask.tolist() == [1.0, 1.0, 0.0]
+    mask, _ = fixmatch_mask(torch.tensor([[0.75, 0.25], [0.7, 0.3]]), threshold=0.75)
+    assert mask.tolist() == [1.0, 0.0]
+
+
+def test_adamatch_first_step_starts_from_the_first_batch_like_usb():
+    """Catches: distribution alignment starting uniform by default (USB seeds the model marginal with the
+    first unlabelled batch mean and keeps the target marginal uniform)."""
+    ulb_weak = logits_of([0.9, 0.1], [0.6, 0.4])  # mean (0.75, 0.25)
+    lb_weak = logits_of([0.8, 0.2], [0.4, 0.6])  # mean (0.6, 0.4)
+    strong = torch.zeros(2, 2)
+    _, _, state = adamatch_unsup(ulb_weak, strong, lb_weak, None, momentum=0.5)
+    # p_model = first batch mean, then EMA with the same mean: unchanged; p_target = 0.5*0.5 + 0.5*(0.6, 0.4)
+    assert state.p_model.tolist() == pytest.approx([0.75, 0.25])
+    assert state.p_target.tolist() == pytest.approx([0.55, 0.45])
+    _, _, uniform = adamatch_unsup(ulb_weak, strong, lb_weak, None, momentum=0.5, init="uniform")
+    assert uniform.p_model.tolist() == pytest.approx([0.625, 0.375])
+    # the first batch mean that seeds p_model is the rank-averaged one
+    _, _, reduced = adamatch_unsup(ulb_weak, strong, lb_weak, None, momentum=0.5,
+                                   reduce_mean=lambda m: torch.full_like(m, 0.5))
+    assert reduced.p_model.tolist() == pytest.approx([0.5, 0.5])
+
+
 def test_ema_update_is_pure():
     state = torch.tensor([0.5, 0.5])
     new = ema_update(state, torch.tensor([1.0, 0.0]), momentum=0.9)

@@ -5,6 +5,10 @@ Every stage declares its options as a dataclass whose fields carry a ``help`` st
 ``key=value`` overrides (values parsed as YAML, so ``3`` is an int and ``[a, b]`` a list), and validates
 the result: an unknown key or a value of the wrong type is an error that names the key, says what was
 expected, and suggests the closest known key. Nothing is silently ignored.
+
+A section can be chosen from a registry by its ``name`` key (``choice()``): ``method.name=fixmatch
+method.p_cutoff=0.9`` builds the config dataclass registered as ``fixmatch``, so each plug-in (method,
+backend) owns its options and a key that belongs to another plug-in is an error naming the chosen one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any =
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata={"help": help})
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+def choice(registry: Any, default: str, help: str = "") -> Any:
+    """A section whose dataclass is picked from ``registry`` (a ``zmdist.registry.Registry`` of config
+    dataclasses, each with a ``name`` field) by the section's ``name`` key; ``default`` when absent."""
+    return dataclasses.field(default_factory=lambda: registry.get(default)(),
+                             metadata={"help": help, "registry": registry, "default_name": default})
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -130,7 +141,9 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
             raise ConfigError(f"unknown config key '{prefix}{key}'.{hint} Known keys: {known}")
     kwargs = {}
     for name, f in fields.items():
-        if name in values:
+        if "registry" in f.metadata:
+            kwargs[name] = _build_choice(f, values.get(name, {}), f"{prefix}{name}")
+        elif name in values:
             kwargs[name] = _coerce(values[name], hints[name], prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             if dataclasses.is_dataclass(hints[name]):
@@ -138,6 +151,32 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
             else:
                 raise ConfigError(f"missing required config key {prefix}{name!r}: {f.metadata.get('help', '')}")
     return cls(**kwargs)
+
+
+def _build_choice(f: dataclasses.Field, values: Any, key: str) -> Any:
+    """Build a ``choice()`` section: the dataclass registered under ``values["name"]``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: expected a section of options (e.g. {key}.name=...), got {values!r}")
+    registry = f.metadata["registry"]
+    name = values.get("name", f.metadata["default_name"])
+    if name not in registry:
+        close = difflib.get_close_matches(str(name), registry.names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key}.name: unknown {registry.kind} {name!r}.{hint} Registered: {', '.join(registry.names())}")
+    cls = registry.get(name)
+    own = {fl.name for fl in dataclasses.fields(cls)}
+    foreign = [k for k in values if k not in own]
+    if foreign:
+        owners = {k: [n for n in registry.names() if k in {fl.name for fl in dataclasses.fields(registry.get(n))}]
+                  for k in foreign}
+        k = foreign[0]
+        where = (f" It is an option of {', '.join(owners[k])}, not of {registry.kind} {name!r}." if owners[k]
+                 else "")
+        close = difflib.get_close_matches(k, sorted(own), n=1, cutoff=0.5)
+        hint = f" Did you mean '{key}.{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{key}.{k}' for {registry.kind} {name!r}.{where}{hint} "
+                          f"Known keys: {', '.join(f'{key}.{o}' for o in sorted(own))}")
+    return _build(cls, {**values, "name": name}, prefix=f"{key}.")
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -174,14 +213,38 @@ def to_dict(cfg: Any) -> dict:
 
 
 def iter_options(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, Any, dataclasses.Field]]:
-    """Every leaf option of ``cls`` as (dotted name, type, field): the CLI turns these into flags."""
+    """Every leaf option of ``cls`` as (dotted name, type, field): the CLI turns these into flags.
+
+    A ``choice()`` section yields ``SECTION.name`` (a Literal of the registered names), then every option
+    of every registered dataclass once, its help prefixed with the names that accept it."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if "registry" in f.metadata:
+            yield from _iter_choice(f, f"{prefix}{f.name}.")
+        elif dataclasses.is_dataclass(tp):
             yield from iter_options(tp, prefix=f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", tp, f
+
+
+def _iter_choice(f: dataclasses.Field, prefix: str) -> typing.Iterator[tuple[str, Any, dataclasses.Field]]:
+    registry = f.metadata["registry"]
+    names = registry.names()
+    name_field = dataclasses.field(default=f.metadata["default_name"], metadata={"help": f.metadata.get("help", "")})
+    yield f"{prefix}name", Literal[tuple(names)], name_field  # type: ignore[misc]
+    seen: dict[str, tuple[Any, dataclasses.Field, list[str]]] = {}
+    for name in names:
+        sub = registry.get(name)
+        sub_hints = typing.get_type_hints(sub)
+        for g in dataclasses.fields(sub):
+            if g.name == "name":
+                continue
+            seen.setdefault(g.name, (sub_hints[g.name], g, []))[2].append(name)
+    for key, (tp, g, owners) in seen.items():
+        shown = dataclasses.field(default=g.default, default_factory=g.default_factory,  # type: ignore[arg-type]
+                                  metadata={"help": f"[{', '.join(owners)}] {g.metadata.get('help', '')}"})
+        yield f"{prefix}{key}", tp, shown
 
 
 def describe_default(f: dataclasses.Field) -> str:

@@ -15,8 +15,9 @@ class Backend(ABC):
     """Wraps a model + optimizer for one process of a (possibly) distributed run.
 
     ``setup`` takes the plain model, the optimizer and an lr-multiplier function of the step; afterwards
-    ``model`` is what to call forward on, ``step(loss)`` does backward + optimizer + scheduler, and
-    ``save``/``load`` move model, optimizer and scheduler state to and from a checkpoint folder.
+    ``model`` is what to call forward on, ``step(loss)`` does backward + optimizer + scheduler,
+    ``save``/``load`` move model, optimizer and scheduler state to and from a checkpoint folder (every
+    rank's share), and ``full_state_dict`` gathers complete weights for export, whatever the sharding.
     """
 
     rank: int = 0
@@ -36,7 +37,9 @@ class Backend(ABC):
     def step(self, loss: torch.Tensor) -> None: ...
 
     @abstractmethod
-    def unwrapped(self) -> torch.nn.Module: ...
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The complete model weights (every shard or partition gathered) on the main rank; a collective
+        call: every rank must make it. Other ranks may get an empty dict."""
 
     @abstractmethod
     def save(self, folder: Path) -> None: ...

@@ -1,25 +1,46 @@
-"""DeepSpeed ZeRO (stage 1/2/3), called directly.
+"""``backend.name=deepspeed``: DeepSpeed ZeRO (stage 1/2/3), called directly.
 
 Accelerate's DeepSpeed plugin does not run on CPU (it needs transformers and falls back to DDP), so this
-backend calls ``deepspeed.initialize`` itself. The ZeRO config comes from ``launch/deepspeed/zeroN.json``
-style files or is built from ``zero_stage``; the micro-batch size is always set from the run's
-per-process batch, so a config never disagrees with the data loader.
+backend calls ``deepspeed.initialize`` itself. The ZeRO config comes from a JSON file
+(``launch/deepspeed/zeroN.json`` style) or is built from ``zero_stage``; the micro-batch size is always set
+from the run's per-process batch, so a config never disagrees with the data loader. Checkpoints are
+DeepSpeed's own (every rank writes its optimizer partition); exported weights are gathered with
+``deepspeed.zero.GatheredParameters`` under ZeRO-3, so they are complete.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from safetensors.torch import save_file
 
 from zmdist.backends.base import Backend
+from zmdist.backends.registry import BACKENDS
+from zmdist.config import option
+
+
+@BACKENDS.register("deepspeed")
+@dataclass
+class DeepSpeedConfig:
+    name: str = "deepspeed"
+    zero_stage: int = option(2, "ZeRO stage 1, 2 or 3")
+    config_file: str = option("", "DeepSpeed JSON config (e.g. launch/deepspeed/zero2.json); overrides zero_stage")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 on GPU, fp32 on CPU")
+
+    def build(self, micro_batch: int) -> "DeepSpeedBackend":
+        if self.zero_stage not in (1, 2, 3):
+            raise ValueError(f"backend.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        return DeepSpeedBackend(self.zero_stage, self.config_file, self.precision, micro_batch)
 
 
 def zero_config(stage: int, micro_batch: int, world_size: int, precision: str, path: str = "") -> dict[str, Any]:
     """The DeepSpeed config: ``path`` (JSON) if given, else a minimal ZeRO-``stage`` config."""
+    if path and not Path(path).is_file():
+        raise FileNotFoundError(f"backend.config_file={path}: no such file")
     cfg: dict[str, Any] = json.loads(Path(path).read_text()) if path else {"zero_optimization": {"stage": stage}}
     cfg["train_micro_batch_size_per_gpu"] = micro_batch
     cfg["gradient_accumulation_steps"] = cfg.get("gradient_accumulation_steps", 1)
@@ -34,8 +55,7 @@ def zero_config(stage: int, micro_batch: int, world_size: int, precision: str, p
 
 
 class DeepSpeedBackend(Backend):
-    def __init__(self, zero_stage: int = 2, config_path: str = "", precision: str = "auto", micro_batch: int = 1,
-                 seed: int = 0):
+    def __init__(self, zero_stage: int = 2, config_path: str = "", precision: str = "auto", micro_batch: int = 1):
         import deepspeed
 
         from zmdist import dist
@@ -61,18 +81,23 @@ class DeepSpeedBackend(Backend):
         self.engine.backward(loss)
         self.engine.step()  # optimizer, zero_grad and the lr scheduler
 
-    def unwrapped(self) -> torch.nn.Module:
-        return self.engine.module
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        module = self.engine.module
+        if self.engine.zero_optimization_stage() < 3:
+            return module.state_dict()
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if self.is_main else {}
 
     def current_lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
     def save(self, folder: Path) -> None:
-        """DeepSpeed's own (sharded) checkpoint for resuming, plus full weights as safetensors."""
+        """DeepSpeed's own (sharded) checkpoint for resuming, plus the gathered weights as safetensors."""
         self.engine.save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
-        state = (self.engine._zero3_consolidated_16bit_state_dict()
-                 if self.engine.zero_optimization_stage() == 3 else self.engine.module.state_dict())
-        if self.is_main and state is not None:
+        state = self.full_state_dict()
+        if self.is_main:
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
 
     def load(self, folder: Path) -> None:

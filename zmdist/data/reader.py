@@ -136,14 +136,18 @@ def _decode(shard: str, key: str, files: dict[str, bytes]) -> tuple[Image.Image,
     return to_rgb(image)[0], label
 
 
-def iter_shard(path: Path | str, *, skip_errors: bool = False) -> Iterator[dict]:
-    """Every sample of one shard in tar order: ``{"key", "image" (PIL RGB), "label" (int, -1 = none), "shard"}``.
+def iter_shard(path: Path | str, *, skip_errors: bool = False, positions: Sequence[int] | None = None,
+               expected: int | None = None) -> Iterator[dict]:
+    """Samples of one shard in tar order: ``{"key", "image" (PIL RGB), "label" (int, -1 = none), "shard"}``.
 
-    An undecodable sample raises, or with ``skip_errors`` comes as ``{"key", "image": None, "error", ...}``
-    so a caller that must account for every key (``zmdist embed``) can report it instead of stopping.
+    ``positions`` (tar sample positions) reads only those samples: members are located from the tar
+    headers and only their bytes are read and decoded (e.g. the 40 labelled samples of a large split).
+    ``expected`` checks the shard's sample count (the manifest's). An undecodable sample raises, or with
+    ``skip_errors`` comes as ``{"key", "image": None, "error", ...}`` so a caller that must account for
+    every key (``zmdist embed``) can report it instead of stopping.
     """
-    with _ShardFile(Path(path)) as shard:
-        for position in range(len(shard)):
+    with _ShardFile(Path(path), expected) as shard:
+        for position in range(len(shard)) if positions is None else positions:
             key, files = shard.read(position)
             try:
                 image, label = _decode(shard.path.name, key, files)
@@ -153,6 +157,12 @@ def iter_shard(path: Path | str, *, skip_errors: bool = False) -> Iterator[dict]
                 yield {"key": key, "image": None, "label": -1, "shard": shard.path.name, "error": str(err)}
                 continue
             yield {"key": key, "image": image, "label": label, "shard": shard.path.name}
+
+
+def shard_keys(path: Path | str) -> list[str]:
+    """Sample keys of one shard in tar order, from the headers only (no image is read)."""
+    with _ShardFile(Path(path)) as shard:
+        return [key for key, _ in shard.samples]
 
 
 @dataclass(frozen=True)
@@ -267,6 +277,7 @@ class ShardDataset(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 0,
         sample_fn: Callable[[dict], Any] | None = None,
+        positions: Sequence[np.ndarray] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -276,7 +287,13 @@ class ShardDataset(IterableDataset):
             raise ValueError(f"seed and shuffle_buffer must be >= 0 (got {seed}, {shuffle_buffer})")
         manifest = Manifest.load(manifest_dir)
         self.paths = manifest.shard_paths(split)
-        self.counts = manifest.counts(split)
+        self.shard_counts = manifest.counts(split)
+        # ``positions``: per shard (split order), the tar positions this dataset covers (e.g. the training
+        # split without a hold-out slice); the planner works on their counts, reads map back to the tar.
+        if positions is not None and len(positions) != len(self.paths):
+            raise ValueError(f"positions has {len(positions)} entries but split {split!r} has {len(self.paths)} shards")
+        self.positions = None if positions is None else [np.asarray(p, dtype=np.int64) for p in positions]
+        self.counts = self.shard_counts if positions is None else [len(p) for p in self.positions]
         self.total = sum(self.counts)
         if self.total == 0:
             raise ValueError(f"split {split!r} in {manifest_dir} has no samples: check the manifest's skipped list")
@@ -311,10 +328,14 @@ class ShardDataset(IterableDataset):
         return samples_per_rank(self.total, self.world, self.rank, self.mode)
 
     def plan(self, worker: int = 0, num_workers: int = 1) -> list[Piece]:
-        return worker_plan(
+        """The pieces this worker reads this epoch, as tar positions."""
+        pieces = worker_plan(
             self.counts, self.rank, self.world, worker, num_workers,
             mode=self.mode, seed=self.seed, epoch=self.epoch, align=self.align,
         )
+        if self.positions is None:
+            return pieces
+        return [Piece(p.shard, self.positions[p.shard][p.positions]) for p in pieces]
 
     def _records(self, pieces: list[Piece]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
         """Raw (shard name, key, files) in plan order, keeping one shard open at a time."""
@@ -324,7 +345,7 @@ class ShardDataset(IterableDataset):
                 if current is None or current.path != self.paths[piece.shard]:
                     if current is not None:
                         current.close()
-                    current = _ShardFile(self.paths[piece.shard], self.counts[piece.shard])
+                    current = _ShardFile(self.paths[piece.shard], self.shard_counts[piece.shard])
                 for position in piece.positions:
                     key, files = current.read(int(position))
                     yield current.path.name, key, files

@@ -2,7 +2,7 @@
 
 Small pure functions on tensors: they know nothing of ranks, files, optimisers or backends. The engine
 computes logits, calls these, logs the named terms and (across ranks) reduces what it chooses to reduce.
-Facts behind them: /work/shared/notes/METHODS.md section 1. Unit-tested against hand-computed values in
+Facts behind them: ``../shared/notes/METHODS.md`` section 1 (beside the repository). Unit-tested against hand-computed values in
 tests/test_methods_ssl.py.
 
 Conventions, shared by every loss here:
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 Anneal = Literal["linear", "none"]
+DAInit = Literal["first_batch", "uniform"]
 
 #: The reference code's ``ann_mode`` integers in this module's names: 0 = alpha fixed at 1, 1 = linear ramp.
 ANN_MODE: dict[int, Anneal] = {0: "none", 1: "linear"}
@@ -142,9 +143,13 @@ def fixmatch_unsup(
     """FixMatch unlabelled loss; returns ``(loss, mask)``.
 
     ``p = softmax(z_weak)`` (detached); mask = ``max p >= threshold``; target = ``argmax p`` when ``hard``
-    (the default, where ``temperature`` plays no part) or ``temper(p, temperature)`` otherwise (the
-    ``T = 0.5`` default of the reference configs only matters for soft targets); loss =
+    (the default, where ``temperature`` plays no part) or ``temper(p, temperature)`` otherwise; loss =
     :func:`consistency_loss` on the strong view. The mask always uses the untempered ``p``.
+
+    Soft targets and USB: USB's FixMatch hands the pseudo-labelling hook probabilities with
+    ``softmax=False``, and that hook then returns them unchanged, so USB's soft targets are ``p`` itself and
+    its ``T = 0.5`` default has no effect. Here soft targets are sharpened by ``temperature``; pass
+    ``temperature=1.0`` to get USB's behaviour.
     """
     probs = F.softmax(logits_ulb_weak.detach().float(), dim=-1)
     mask, labels = fixmatch_mask(probs, threshold)
@@ -187,9 +192,9 @@ class AdaMatchState:
 
     ``p_model``: EMA of the mean weak-view prediction on unlabelled batches; ``p_target``: EMA of the mean
     prediction on labelled batches (the model's predictions, not the labels; the reference code's
-    ``p_target_type='model'``). Both start uniform ``1/C``. (Quirk of the reference code: it seeds
-    ``p_model`` from the first unlabelled batch while ``p_target`` starts uniform; starting both uniform
-    keeps the alignment ratio at exactly 1 before any data is seen and treats the two symmetrically.)
+    ``p_target_type='model'``). How they start (:meth:`initial`): USB's AdaMatch seeds ``p_model`` with the
+    first unlabelled batch mean and ``p_target`` uniform (``"first_batch"``, the default); ``"uniform"``
+    starts both at ``1/C``, which keeps the alignment ratio at 1 before any data is seen.
     The tensors are explicit so the engine can checkpoint them and all-reduce them across ranks.
     """
 
@@ -201,6 +206,19 @@ class AdaMatchState:
         """Both marginals ``1/C``, float32."""
         u = torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float32, device=device)
         return cls(p_model=u.clone(), p_target=u.clone())
+
+    @classmethod
+    def initial(cls, mean_ulb: Tensor, init: DAInit = "first_batch") -> "AdaMatchState":
+        """The state before the first update, given the first (rank-averaged) unlabelled batch mean.
+
+        ``"first_batch"`` (USB): ``p_model = mean_ulb``, ``p_target`` uniform, so the first EMA update keeps
+        ``p_model`` at exactly that mean. ``"uniform"``: both ``1/C``."""
+        if init not in ("first_batch", "uniform"):
+            raise ValueError(f"init must be 'first_batch' or 'uniform', got {init!r}")
+        state = cls.uniform(mean_ulb.shape[-1], device=mean_ulb.device)
+        if init == "first_batch":
+            state.p_model = mean_ulb.detach().float().clone()
+        return state
 
     def update(self, mean_ulb: Tensor, mean_lb: Tensor, momentum: float = 0.999) -> "AdaMatchState":
         """New state after one step: each marginal gets :func:`ema_update` with the batch-mean prediction
@@ -228,32 +246,36 @@ def adamatch_unsup(
     logits_ulb_weak: Tensor,
     logits_ulb_strong: Tensor,
     logits_lb_weak: Tensor,
-    state: AdaMatchState,
+    state: AdaMatchState | None,
     p_cutoff: float = 0.95,
     momentum: float = 0.999,
     hard: bool = True,
     temperature: float = 0.5,
     reduce_mean: Callable[[Tensor], Tensor] | None = None,
+    init: DAInit = "first_batch",
 ) -> tuple[Tensor, Tensor, AdaMatchState]:
     """AdaMatch unlabelled loss (ZeroMatch's ``L_u``); returns ``(loss, mask, new_state)``.
 
     1. ``p = softmax(z_ulb_weak)``, ``p_lb = softmax(z_lb_weak)`` (detached; ``z_lb_weak`` are the main
        head's logits on the labelled batch).
     2. ``state' = state.update(mean_i p_i, mean_j p_lb_j)``; ``reduce_mean``, if given (e.g. an all-reduce
-       average across ranks), is applied to both batch means first so all ranks keep one state.
+       average across ranks), is applied to both batch means first so all ranks keep one state. On the
+       first step ``state`` is None and starts as ``AdaMatchState.initial(mean_i p_i, init)``.
     3. ``p~ = distribution_alignment(p, state'.p_model, state'.p_target)`` (update first, then align, as in
        the reference code).
     4. ``mask, yhat = adamatch_mask(p~, p_lb, p_cutoff)``.
     5. loss = :func:`consistency_loss` on the strong view against ``yhat`` (``hard``; ``temperature``
-       unused) or ``temper(p~, temperature)``. (The reference code ignores ``T`` for soft AdaMatch targets
-       and uses ``p~`` unsharpened; here soft targets are sharpened like FixMatch's, so ``T`` means the
-       same in both.)
+       unused) or ``temper(p~, temperature)``. USB's AdaMatch, like its FixMatch, passes probabilities with
+       ``softmax=False``, so its soft targets are ``p~`` unsharpened and ``T`` has no effect there;
+       ``temperature=1.0`` reproduces that.
     """
     probs_ulb = F.softmax(logits_ulb_weak.detach().float(), dim=-1)
     probs_lb = F.softmax(logits_lb_weak.detach().float(), dim=-1)
     mean_ulb, mean_lb = probs_ulb.mean(dim=0), probs_lb.mean(dim=0)
     if reduce_mean is not None:
         mean_ulb, mean_lb = reduce_mean(mean_ulb), reduce_mean(mean_lb)
+    if state is None:
+        state = AdaMatchState.initial(mean_ulb, init)
     new_state = state.update(mean_ulb, mean_lb, momentum)
     aligned = distribution_alignment(probs_ulb, new_state.p_model, new_state.p_target)
     mask, labels = adamatch_mask(aligned, probs_lb, p_cutoff)

@@ -1,8 +1,11 @@
-"""Training data: the labelled subset, the unlabelled stream joined to its pseudolabels, eval batches.
+"""Training data: the labelled subset, the unlabelled stream joined to its pseudolabels, hold-out and eval.
 
-Augmentation randomness is seeded per (seed, epoch, key, view) inside the workers, and labelled batches per
-(seed, step, rank): a sample's views never depend on worker count, batch position or where a run was
-resumed, so a killed-and-resumed run sees exactly the batches the uninterrupted run saw.
+Every pseudolabel sidecar is loaded once, into one ``PseudolabelStore`` (``load_sidecars``), which checks
+them before training starts and serves the labelled-subset draw, the labelled batches and the stream.
+The labelled subset is found from the sidecars' keys and labels; only those tar members are then read
+and decoded. Augmentation randomness is seeded per (seed, epoch, key, view) inside the workers and
+labelled batches per (seed, step, rank): a sample's views never depend on worker count, batch position
+or where a run was resumed, so a killed-and-resumed run sees exactly the batches the uninterrupted run saw.
 """
 
 from __future__ import annotations
@@ -16,32 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
 
 from zmdist.data.manifest import Manifest
-from zmdist.data.reader import ShardDataset, iter_shard
-from zmdist.formats import PseudolabelShard, PseudolabelStore, sidecar_name
-
-MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-
-
-@dataclass(frozen=True)
-class Views:
-    """Weak (crop [+ flip]) and strong (weak + RandAugment) training views, and the eval view."""
-
-    weak: Callable[[Image.Image], torch.Tensor]
-    strong: Callable[[Image.Image], torch.Tensor]
-    eval: Callable[[Image.Image], torch.Tensor]
-
-
-def make_views(img_size: int, hflip: bool, randaugment_ops: int = 2, randaugment_magnitude: int = 10) -> Views:
-    finish = [T.ToTensor(), T.Normalize(MEAN, STD)]
-    resize = T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC)
-    weak = [resize, T.RandomCrop(img_size, padding=max(1, img_size // 8), padding_mode="reflect")]
-    if hflip:
-        weak.append(T.RandomHorizontalFlip())
-    strong = [*weak, T.RandAugment(randaugment_ops, randaugment_magnitude)]
-    return Views(T.Compose(weak + finish), T.Compose(strong + finish), T.Compose([resize, *finish]))
+from zmdist.data.reader import ShardDataset, iter_shard, shard_keys
+from zmdist.formats import PseudolabelShard, PseudolabelStore
+from zmdist.train.augment import Views
+from zmdist.train.contract import LabelledBatch, StreamItem
 
 
 def sample_seed(*parts: object) -> int:
@@ -50,7 +33,7 @@ def sample_seed(*parts: object) -> int:
 
 
 def seeded(fn: Callable[[Image.Image], torch.Tensor], image: Image.Image, seed: int) -> torch.Tensor:
-    """Apply a random transform with torch's CPU RNG fixed to ``seed`` (torchvision draws from it).
+    """Apply a random transform with torch's CPU RNG fixed to ``seed`` (the views draw only from it).
 
     Seeds the CPU generator only: ``torch.manual_seed`` would also queue a CUDA re-seed, which costs
     ~80x more and is called once per sample and view here."""
@@ -72,20 +55,31 @@ def pseudolabel_targets(sidecar: PseudolabelShard, row: int, num_classes: int) -
     return soft / soft.sum()
 
 
+def load_sidecars(pl_dir: str | Path, manifest: Manifest, splits: list[str]) -> PseudolabelStore:
+    """Load every sidecar of ``splits`` once, failing before training (not hours in) when one is missing,
+    unreadable or belongs to other shards (its row count differs from the manifest's)."""
+    store = PseudolabelStore(pl_dir)
+    for split in dict.fromkeys(splits):
+        for shard in manifest.split(split).shards:
+            rows = len(store.shard(shard.name).keys)
+            if rows > shard.count:
+                raise ValueError(f"pseudolabel sidecar for shard {shard.name} in {pl_dir} has {rows} rows but the "
+                                 f"shard holds {shard.count} samples: it belongs to other shards; rerun "
+                                 "`zmdist pseudolabel`")
+    return store
+
+
 class StreamSample:
-    """``ShardDataset.sample_fn`` for training streams: views seeded per key, joined to pseudolabels.
+    """``ShardDataset.sample_fn`` for training and eval streams: views seeded per key, joined to the
+    sample's pseudolabel by (shard, key). A top-level class (not a closure) so DataLoader workers can be
+    started with spawn as well as fork."""
 
-    A top-level class (not a closure) so DataLoader workers can be started with spawn as well as fork.
-    Returns (weak, strong or empty, ground-truth label, pseudolabel, confidence, teacher probs).
-    """
-
-    def __init__(self, views: Views, seed: int, pseudolabels: str | None, num_classes: int, strong: bool,
+    def __init__(self, views: Views, seed: int, store: PseudolabelStore | None, num_classes: int, strong: bool,
                  eval_view: bool = False):
-        self.views, self.seed, self.num_classes = views, seed, num_classes
-        self.pl_dir, self.strong, self.eval_view = pseudolabels, strong, eval_view
-        self._store: PseudolabelStore | None = None
+        self.views, self.seed, self.store, self.num_classes = views, seed, store, num_classes
+        self.strong, self.eval_view = strong, eval_view
 
-    def __call__(self, rec: dict[str, Any]) -> tuple:
+    def __call__(self, rec: dict[str, Any]) -> StreamItem:
         image, key = rec["image"], rec["key"]
         if self.eval_view:
             weak = self.views.eval(image)
@@ -94,56 +88,81 @@ class StreamSample:
         strong = (seeded(self.views.strong, image, sample_seed(self.seed, rec["epoch"], key, "strong"))
                   if self.strong else torch.empty(0))
         pl, conf, soft = -1, 0.0, np.zeros(self.num_classes, np.float32)
-        if self.pl_dir is not None:
-            if self._store is None:
-                self._store = PseudolabelStore(self.pl_dir)
-            sidecar = self._store.shard(rec["shard"])
+        if self.store is not None:
+            sidecar = self.store.shard(rec["shard"])
             try:
                 row = sidecar.row(key)
             except KeyError:
-                raise KeyError(f"shard {rec['shard']}: no pseudolabel for key {key!r} in {self.pl_dir}: "
+                raise KeyError(f"shard {rec['shard']}: no pseudolabel for key {key!r} in {self.store.folder}: "
                                "rerun `zmdist pseudolabel` for these shards") from None
             pl, conf = int(sidecar.pseudolabel[row]), float(sidecar.confidence[row])
             soft = pseudolabel_targets(sidecar, row, self.num_classes)
-        return weak, strong, rec["label"], pl, conf, torch.from_numpy(soft)
+        return StreamItem(weak, strong, rec["label"], pl, conf, torch.from_numpy(soft))
 
 
 def stream_loader(shards: str | Path, split: str, rank: int, world: int, batch_size: int, num_workers: int,
-                  sample: StreamSample, *, mode: str, seed: int) -> tuple[ShardDataset, DataLoader]:
+                  sample: StreamSample, *, mode: str, seed: int,
+                  positions: list[np.ndarray] | None = None) -> tuple[ShardDataset, DataLoader]:
     """A per-rank loader (kept away from accelerate's ``prepare``: the rank split is ours)."""
-    ds = ShardDataset(shards, split, rank, world, mode=mode, seed=seed, sample_fn=sample)
+    ds = ShardDataset(shards, split, rank, world, mode=mode, seed=seed, sample_fn=sample, positions=positions)
     ds.align_to(batch_size)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False)
     return ds, loader
 
 
-def check_sidecars(pl_dir: str | Path, manifest: Manifest, splits: list[str]) -> None:
-    """Fail before training, not hours in: every shard of ``splits`` needs a readable sidecar holding
-    exactly the shard's sample count (a missing or stale sidecar names the shard and what to run)."""
-    for split in splits:
-        for shard in manifest.split(split).shards:
-            path = Path(pl_dir) / sidecar_name(shard.name)
-            if not path.is_file():
-                raise FileNotFoundError(f"no pseudolabel sidecar for shard {shard.name} (expected {path}): "
-                                        "run `zmdist pseudolabel` over these shards")
-            rows = len(PseudolabelShard.load(path).keys)
-            if rows > shard.count:
-                raise ValueError(f"sidecar {path} has {rows} rows but shard {shard.name} holds {shard.count} "
-                                 "samples: it belongs to other shards; rerun `zmdist pseudolabel`")
+@dataclass(frozen=True)
+class Holdout:
+    """A seeded slice of a split: per shard, the tar positions kept for training and those held out."""
+
+    keep: list[np.ndarray]
+    hold: list[np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return int(sum(len(h) for h in self.hold))
 
 
-def select_labelled(pl_dir: str | Path, manifest: Manifest, split: str, labels_per_class: int, seed: int,
-                    keys_file: str = "") -> list[str]:
+def split_holdout(counts: list[int], fraction: float, seed: int) -> Holdout:
+    """Hold out ``max(1, round(fraction * total))`` samples drawn uniformly with ``seed`` (no labels used).
+
+    Why: ZeroMatch's stage 0 keeps the weights that agree best with the teacher on images it did not train
+    on; those images must come from the training split, never from the test split."""
+    total = sum(counts)
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {fraction}")
+    size = max(1, round(fraction * total))
+    if size >= total:
+        raise ValueError(f"holdout_fraction={fraction} leaves no training sample out of {total}")
+    chosen = np.zeros(total, dtype=bool)
+    chosen[np.random.default_rng([seed, 0x401D]).choice(total, size, replace=False)] = True
+    keep, hold, start = [], [], 0
+    for count in counts:
+        flags = chosen[start:start + count]
+        keep.append(np.flatnonzero(~flags))
+        hold.append(np.flatnonzero(flags))
+        start += count
+    return Holdout(keep, hold)
+
+
+def select_labelled(store: PseudolabelStore | None, manifest: Manifest, split: str, labels_per_class: int,
+                    seed: int, keys_file: str = "") -> list[str]:
     """The labelled subset: a key list file (e.g. from ``zmdist select``), or ``labels_per_class`` keys
-    per class drawn with ``seed`` from the samples that have ground truth. Sorted, so it is a stable set."""
+    per class drawn with ``seed`` from the samples that have ground truth (read from the sidecars).
+    Sorted, so it is a stable set."""
     if keys_file:
-        keys = [k.strip() for k in Path(keys_file).read_text().splitlines() if k.strip()]
+        path = Path(keys_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"labelled_keys={keys_file}: no such file")
+        keys = [k.strip() for k in path.read_text().splitlines() if k.strip()]
         if not keys:
             raise ValueError(f"labelled_keys={keys_file} lists no keys")
         return sorted(set(keys))
+    if store is None:
+        raise ValueError("drawing labels_per_class needs pseudolabels=DIR (its sidecars carry the labels) or "
+                         "labelled_keys=FILE")
     keys_by_class: dict[int, list[str]] = {}
     for shard in manifest.split(split).shards:
-        side = PseudolabelShard.load(Path(pl_dir) / sidecar_name(shard.name))
+        side = store.shard(shard.name)
         for key, label in zip(side.keys.tolist(), side.labels.tolist()):
             if label >= 0:
                 keys_by_class.setdefault(label, []).append(key)
@@ -159,25 +178,26 @@ def select_labelled(pl_dir: str | Path, manifest: Manifest, split: str, labels_p
 
 
 class LabelledSet:
-    """The (small) labelled subset held in memory; batches drawn per (seed, step, rank) with replacement."""
+    """The (small) labelled subset held in memory; batches drawn per (seed, step, rank) with replacement.
 
-    def __init__(self, manifest: Manifest, split: str, keys: list[str], pl_dir: str | Path | None, views: Views,
-                 seed: int):
+    Keys are located from the tar headers; only those members are read and decoded."""
+
+    def __init__(self, manifest: Manifest, split: str, keys: list[str], views: Views, seed: int,
+                 store: PseudolabelStore | None = None):
         wanted = set(keys)
         self.images: list[Image.Image] = []
         self.labels: list[int] = []
         self.keys: list[str] = []
         self.pseudolabels: list[int] = []
-        store = PseudolabelStore(pl_dir) if pl_dir else None
-        for path in manifest.shard_paths(split):
-            for s in iter_shard(path):
-                if s["key"] in wanted:
-                    if s["label"] < 0:
-                        raise ValueError(f"labelled key {s['key']!r} (shard {path.name}) has no label in the shards")
-                    self.images.append(s["image"])
-                    self.labels.append(s["label"])
-                    self.keys.append(s["key"])
-                    self.pseudolabels.append(store.lookup(path.name, s["key"])[0] if store else -1)
+        for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
+            positions = [i for i, k in enumerate(shard_keys(path)) if k in wanted]
+            for s in iter_shard(path, positions=positions, expected=shard.count):
+                if s["label"] < 0:
+                    raise ValueError(f"labelled key {s['key']!r} (shard {path.name}) has no label in the shards")
+                self.images.append(s["image"])
+                self.labels.append(s["label"])
+                self.keys.append(s["key"])
+                self.pseudolabels.append(store.lookup(path.name, s["key"])[0] if store is not None else -1)
         missing = wanted - set(self.keys)
         if missing:
             raise ValueError(f"{len(missing)} labelled keys are not in split {split!r}, e.g. {sorted(missing)[:3]}")
@@ -191,13 +211,14 @@ class LabelledSet:
         return DataLoader(_LabelledSteps(self, start_step, rank, size), batch_size=None, num_workers=num_workers,
                           persistent_workers=False, prefetch_factor=4 if num_workers else None)
 
-    def batch(self, step: int, rank: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weak views, labels, pseudolabels) of ``size`` samples for this step and rank."""
+    def batch(self, step: int, rank: int, size: int) -> LabelledBatch:
+        """Weak views, labels and pseudolabels of ``size`` samples for this step and rank."""
         rng = np.random.default_rng([self.seed, step, rank])
         idx = rng.integers(0, len(self.images), size)
         x = torch.stack([seeded(self.views.weak, self.images[i], sample_seed(self.seed, step, rank, int(i), j))
                          for j, i in enumerate(idx)])
-        return x, torch.tensor([self.labels[i] for i in idx]), torch.tensor([self.pseudolabels[i] for i in idx])
+        return LabelledBatch(x, torch.tensor([self.labels[i] for i in idx]),
+                             torch.tensor([self.pseudolabels[i] for i in idx]))
 
 
 class _LabelledSteps(torch.utils.data.IterableDataset):
