@@ -89,6 +89,20 @@ def test_embed_and_pseudolabel_end_to_end(digit_shards, tmp_path):
     assert side.topk_classes.shape == (len(side.keys), 3) and side.probs.shape == (len(side.keys), 10)
     assert np.array_equal(side.pseudolabel, side.probs.astype(np.float32).argmax(1))
     assert np.allclose(side.confidence, side.topk_probs[:, 0])
+    # Catches: a wrong logit scale in the pseudolabel stage (e.g. halved). Recomputed from the stored
+    # embeddings and classifier with the scale of a teacher built by open_clip directly (random weights:
+    # open_clip initialises logit_scale to log(1/0.07)).
+    import open_clip
+
+    from zmdist.teacher import register_model_configs
+
+    register_model_configs()
+    scale = open_clip.create_model("zmdist-micro-vit").logit_scale.exp().item()
+    assert scale == pytest.approx(1 / 0.07, rel=1e-5)
+    logits = scale * emb0.embeddings.astype(np.float32) @ np.load(tmp_path / "pl" / "classifier.npy").T
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    assert np.abs(side.probs.astype(np.float32) - expected).max() < 2e-3
     summary = json.loads((tmp_path / "pl" / "summary.json").read_text())
     for field in ("versions", "git_commit", "seed", "classes_hash", "templates_hash", "teacher_zero_shot_accuracy"):
         assert field in summary, field
