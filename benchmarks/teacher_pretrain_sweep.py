@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from zmdist.teacher.pretrain import (
+from zmdist.demo.teacher_pretrain import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CORPUS_SIZE,
     DEFAULT_LR,

@@ -1,7 +1,7 @@
 """Student samples/s of `zmdist train` against a plain PyTorch loop doing the same work, 1 and 2 processes.
 
 Same model (``--student``), same per-process batches (labelled B + weak B + strong B, FixMatch-style, one
-forward), same augmentations (weak crop / RandAugment strong, from ``zmdist.train.data.make_views``),
+forward), same augmentations (weak crop / RandAugment strong, from ``zmdist.train.augment.make_views``),
 AdamW, same number of DataLoader workers. The plain loop reads the images from memory with a
 DistributedSampler and does nothing else; zmdist streams them from the tar shards, joins pseudolabels,
 seeds every sample's augmentation, logs, all-reduces its stop flag every step, and evaluates once at the end
@@ -35,7 +35,7 @@ def plain_loop(args: argparse.Namespace) -> None:
     from zmdist.data.manifest import Manifest
     from zmdist.data.reader import iter_shard
     from zmdist.models import create_student
-    from zmdist.train.data import make_views
+    from zmdist.train.augment import make_views
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -104,7 +104,7 @@ def run_plain(nproc: int, args: argparse.Namespace, env: dict) -> float:
 def run_zmdist(nproc: int, args: argparse.Namespace, env: dict, out: Path) -> float:
     log_every = args.warmup
     r = _launch(nproc, ["-m", "zmdist", "train", "--out", str(out), f"shards={args.shards}",
-                        f"pseudolabels={args.pseudolabels}", "method=fixmatch", f"student={args.student}",
+                        f"pseudolabels={args.pseudolabels}", "method.name=fixmatch", f"student={args.student}",
                         f"img_size={args.img_size}", f"batch_size={args.batch_size}", f"steps={args.steps}",
                         f"num_workers={args.workers}", "hflip=false", f"log_every={log_every}",
                         f"eval_every={args.steps}", "checkpoint_every=0", "warmup_steps=1", "resume=never",
@@ -117,7 +117,7 @@ def run_zmdist(nproc: int, args: argparse.Namespace, env: dict, out: Path) -> fl
 
 
 def prepare(tmp: Path) -> tuple[Path, Path]:
-    from zmdist.stages.quickstart import prepare_digits
+    from zmdist.demo.digits_pipeline import prepare_digits
 
     prepare_digits(tmp, teacher_model="zmdist-micro-vit", num_workers=0)
     return tmp / "shards", tmp / "pseudolabels"

@@ -58,6 +58,13 @@ def test_wrong_types_are_errors_naming_the_key():
         load_config(Cfg, None, [])
 
 
+def test_exponent_without_a_dot_is_a_float():
+    """Catches: `lr=3e-3` rejected as a string (YAML 1.1 needs `3.0e-3`)."""
+    assert load_config(Cfg, None, ["shards=x", "inner.scale=3e-3"]).inner.scale == 0.003
+    with pytest.raises(ConfigError, match="inner.scale: expected a number, got 'big'"):
+        load_config(Cfg, None, ["shards=x", "inner.scale=big"])
+
+
 def test_bad_yaml_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(Cfg, tmp_path / "missing.yaml")

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from zmdist.launch import jobs as jobs_db
-from zmdist.launch import submit
-from zmdist.launch.slurm_env import expand_hostlist, port_for_job, rendezvous_from_slurm
+from zmdist.cluster import jobs as jobs_db
+from zmdist.cluster import report, slurm, submit, task
+from zmdist.cluster.rendezvous import expand_hostlist, port_for_job, rendezvous_from_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ["teacher.model=zmdist-micro-vit", "num_workers=0", "progress=false"]
@@ -92,7 +92,7 @@ def test_options_file_then_flags_then_passthrough(tmp_path):
     opts = submit.resolve_options(["--submit-config", str(cfg), "--nodes", "2", "--slurm-reservation", "r1"])
     assert opts["partition"] == "gpu" and opts["nodes"] == 2 and opts["time"] == "2:00:00"
     assert opts["slurm"] == {"mail-type": "END", "exclusive": True, "reservation": "r1"}
-    params = submit.slurm_parameters(opts, "embed")
+    params = slurm.slurm_parameters(opts, "embed")
     assert params["time"] == 120 and params["additional_parameters"]["reservation"] == "r1"
     bad = tmp_path / "bad.yaml"
     bad.write_text("partiton: gpu\n")
@@ -103,7 +103,7 @@ def test_options_file_then_flags_then_passthrough(tmp_path):
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30:00", 90), ("2-00:00:00", 2880), ("0:0:30", 1),
                                            ("10:30", 11)])
 def test_time_limits(text, minutes):
-    assert submit._time_minutes(text) == minutes
+    assert slurm.time_minutes(text) == minutes
 
 
 def test_dry_run_prints_the_sbatch_script(tmp_path):
@@ -119,13 +119,118 @@ def test_dry_run_prints_the_sbatch_script(tmp_path):
                  "#SBATCH --signal=USR2@300", "#SBATCH --mail-type=END", "#SBATCH --job-name=zmdist-embed",
                  f"#SBATCH --output={tmp_path / 'job' / 'submitit'}/%j_0_log.out"):
         assert line in proc.stdout.splitlines(), (line, proc.stdout)
-    assert "srun --unbuffered" in proc.stdout and "submitit.core._submit" in proc.stdout
+    assert "srun --unbuffered" in proc.stdout and "at most 3 times" in proc.stdout
+    assert f"# then each task runs: zmdist embed --shards {tmp_path / 's'}" in proc.stdout
     assert not (tmp_path / "job").exists()  # nothing submitted, nothing written
 
     arr = zmdist("submit", "--cluster", "slurm", "--dry-run", "--array", "4", "--array-parallelism", "2",
                  "embed", "--shards", "S", "--out", str(tmp_path / "e"), *TEACHER)
     assert arr.returncode == 0, arr.stderr
     assert "#SBATCH --array=0-3%2" in arr.stdout.splitlines()
+
+
+# What submitit 1.5.4's own sbatch script held for these options before --dry-run rendered them itself
+# (captured from submitit.slurm.slurm._make_sbatch_string), less the two lines submitit adds on its own
+# (--open-mode=append, --wckey=submitit).
+FULL_OPTIONS = ["--cluster", "slurm", "--dry-run", "--nodes", "2", "--tasks-per-node", "4", "--gpus-per-node", "4",
+                "--cpus-per-task", "8", "--mem", "64G", "--time", "1:30:00", "--partition", "gpu", "--account", "proj",
+                "--qos", "high", "--constraint", "a100", "--signal-delay", "300", "--exclude", "n3",
+                "--nodelist", "n[1-2]", "--comment", "hi there", "--job-name", "myjob", "--setup", "module load cuda",
+                "--setup", "echo x", "--slurm-mail-type", "END", "--slurm-exclusive", "true"]
+FULL_SBATCH = """\
+#SBATCH --account=proj
+#SBATCH --comment='hi there'
+#SBATCH --constraint=a100
+#SBATCH --cpus-per-task=8
+#SBATCH --error=/x/submitit/%j_0_log.err
+#SBATCH --exclude=n3
+#SBATCH --exclusive=true
+#SBATCH --gpus-per-node=4
+#SBATCH --job-name=myjob
+#SBATCH --mail-type=END
+#SBATCH --mem=64G
+#SBATCH --nodelist='n[1-2]'
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=4
+#SBATCH --output=/x/submitit/%j_0_log.out
+#SBATCH --partition=gpu
+#SBATCH --qos=high
+#SBATCH --signal=USR2@300
+#SBATCH --time=90""".splitlines()
+ARRAY_SBATCH = """\
+#SBATCH --array=0-2%3
+#SBATCH --error=/x/submitit/%A_%a_0_log.err
+#SBATCH --job-name=zmdist-embed
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --output=/x/submitit/%A_%a_0_log.out
+#SBATCH --signal=USR2@120
+#SBATCH --time=60""".splitlines()
+
+
+def test_dry_run_sbatch_lines_match_what_submitit_wrote():
+    """Catches the self-rendered --dry-run drifting from the options submitit really received: a dropped or
+    renamed option (nodes, ntasks-per-node, gpus, partition, time, signal, passthrough), wrong quoting or
+    log paths, the array range/parallelism, the setup lines, or the requeue note."""
+    script = slurm.dry_run_script(submit.resolve_options(FULL_OPTIONS), "embed", Path("/x/submitit"))
+    assert [line for line in script.splitlines() if line.startswith("#SBATCH")] == FULL_SBATCH
+    lines = script.splitlines()
+    assert lines[lines.index("# setup") + 1:lines.index("# setup") + 3] == ["module load cuda", "echo x"]
+    assert "# requeue: on SIGUSR2 (300 s before the time limit, or on preemption)" in script
+    assert "at most 3 times" in script and "starts 8 task(s)" in script
+    array = slurm.dry_run_script(submit.resolve_options(["--array", "3", "--max-requeues", "5"]), "embed",
+                                 Path("/x/submitit"))
+    assert [line for line in array.splitlines() if line.startswith("#SBATCH")] == ARRAY_SBATCH
+    assert "at most 5 times" in array
+    big = slurm.dry_run_script(submit.resolve_options(["--array", "300"]), "embed", Path("/x/submitit"))
+    assert "#SBATCH --array=0-299%256" in big.splitlines()  # submitit's cap unless --array-parallelism
+
+
+def test_submit_config_keys_are_the_declared_options(tmp_path):
+    """Catches --submit-config accepting keys no flag declares (or rejecting declared ones such as
+    tasks-per-node written with a dash), now that the list no longer comes from argparse internals."""
+    assert {"nodes", "tasks_per_node", "array_parallelism", "signal_delay", "wait", "dry_run", "slurm"} <= submit.CONFIG_KEYS
+    assert not {"status", "submit_config", "help"} & submit.CONFIG_KEYS
+    good = tmp_path / "good.yaml"
+    good.write_text("tasks-per-node: 4\nwait: false\ndry_run: true\n")
+    opts = submit.resolve_options(["--submit-config", str(good)])
+    assert opts["tasks_per_node"] == 4 and opts["wait"] is False and opts["dry_run"] is True
+    assert submit.resolve_options(["--submit-config", str(good), "--wait"])["wait"] is True  # flags win
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("status: x\n")
+    with pytest.raises(submit.SubmitError, match="unknown submit option 'status'"):
+        submit.resolve_options(["--submit-config", str(bad)])
+    with pytest.raises(submit.SubmitError, match="cannot read time limit"):
+        slurm.time_minutes("1h")
+
+
+class _FakeTask:
+    def __init__(self, folder: Path, name: str):
+        self.paths = type("P", (), {"result_pickle": folder / f"{name}_result.pkl"})()
+
+
+class _FakeJob:
+    """Just submitit's public per-task view: num_tasks, task(i), done()."""
+
+    def __init__(self, folder: Path, n: int):
+        self.job_id, self.num_tasks, self._tasks = "7", n, [_FakeTask(folder, f"7_{i}") for i in range(n)]
+
+    def task(self, i: int):
+        return self._tasks[i]
+
+    def done(self) -> bool:
+        return False
+
+
+def test_a_job_is_done_only_when_every_task_has_a_result(tmp_path):
+    """Catches a multi-task job being reported done when only task 0 wrote its result (it would be read
+    while rank 1 still runs)."""
+    job = _FakeJob(tmp_path, 2)
+    assert report.final_state(job, "local") is None
+    job.task(0).paths.result_pickle.write_bytes(b"x")
+    assert report.final_state(job, "local") is None
+    job.task(1).paths.result_pickle.write_bytes(b"x")
+    assert report.final_state(job, "local") == "DONE"
 
 
 def test_submit_refuses_bad_input_before_submitting(tmp_path):
@@ -140,15 +245,15 @@ def test_submit_refuses_bad_input_before_submitting(tmp_path):
 
 
 def test_requeue_adds_resume_auto_only_for_stages_that_resume(monkeypatch):
-    task = submit.StageTask("embed", ["--shards", "S", "--out", "E"])
-    delayed = task.checkpoint(1, 4)
-    assert delayed.function.argv == task.argv and delayed.args == (1, 4)
-    monkeypatch.setattr(submit, "_stage_config_fields", lambda stage: {"resume", "out"})
-    again = task.checkpoint()
+    job = task.StageTask("embed", ["--shards", "S", "--out", "E"])
+    delayed = job.checkpoint(1, 4)
+    assert delayed.function.argv == job.argv and delayed.args == (1, 4)
+    monkeypatch.setattr(task, "stage_option_names", lambda stage: {"resume", "out"})
+    again = job.checkpoint()
     assert again.function.argv == ["--shards", "S", "--out", "E", "--resume", "auto"]
     assert again.function.checkpoint().function.argv == again.function.argv  # no pile-up over requeues
-    assert submit._resume_argv("train", ["x", "resume=never", "--resume", "never"]) == ["x", "--resume", "auto"]
-    assert isinstance(task, __import__("submitit").helpers.Checkpointable)
+    assert task.resume_argv("train", ["x", "resume=never", "--resume", "never"]) == ["x", "--resume", "auto"]
+    assert isinstance(job, __import__("submitit").helpers.Checkpointable)
 
 
 # --- launch configs -------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_launch import TEACHER, clean_env, embedded_keys, zmdist
-from test_train import digits  # noqa: F401  (fixture)
-from zmdist.launch import jobs as jobs_db
+from zmdist.cluster import jobs as jobs_db
 
 pytestmark = pytest.mark.slurm
 UP_HINT = "the SLURM test cluster is not up: run `bash slurm/local-cluster.sh up` (as root), " \
@@ -36,6 +35,17 @@ def cluster() -> None:
     up = [line.split()[0] for line in out.splitlines() if line.split()[1].startswith(("idle", "mix", "alloc"))]
     if len(up) < 2:
         pytest.fail(f"{UP_HINT} (sinfo: {out.strip() or 'no nodes'})", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> tuple[Path, Path]:
+    """Digit shards and pseudolabels for the training jobs, made as tests/test_train.py makes them (imported
+    here, so the embed jobs' tests do not need the training stage to import)."""
+    from test_train import prepare_digits
+
+    root = tmp_path_factory.mktemp("train")
+    prepare_digits(root, teacher_model="zmdist-micro-vit", num_workers=0)
+    return root / "shards", root / "pseudolabels"
 
 
 def preempt_and_release(job_id: str) -> None:
@@ -137,7 +147,7 @@ def test_two_node_training_job(digits, tmp_path):
     out = tmp_path / "train"
     proc = zmdist("submit", "--cluster", "slurm", "--nodes", "2", "--tasks-per-node", "1", "--time", "10",
                   "--timeout", "300", "--out", str(tmp_path / "job"),
-                  *_train_args(digits, "method=fixmatch", "steps=6", "eval_every=6"), "--out", str(out))
+                  *_train_args(digits, "method.name=fixmatch", "steps=6", "eval_every=6"), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["stages"]["main"]["history"][-1]["step"] == 6
@@ -149,7 +159,7 @@ def test_preempted_training_job_checkpoints_requeues_and_finishes(digits, tmp_pa
     out, job = tmp_path / "train", tmp_path / "job"
     submitter = subprocess.Popen(
         [sys.executable, "-m", "zmdist", "submit", "--cluster", "slurm", "--time", "10", "--timeout", "300",
-         "--out", str(job), *_train_args(digits, "method=adamatch", "steps=400", "eval_every=400",
+         "--out", str(job), *_train_args(digits, "method.name=adamatch", "steps=400", "eval_every=400",
                                          "checkpoint_every=0"), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     try:

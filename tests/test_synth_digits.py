@@ -7,12 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from zmdist.synth.digits import (
-    DIGIT_CLASSNAMES,
-    bitmaps_to_counts,
-    digits_array_to_image,
-    render_digit_corpus,
-)
+from zmdist.data.sklearn_digits import DIGIT_CLASSNAMES, digits_array_to_image
+from zmdist.demo.synth_digits import bitmaps_to_counts, render_digit_corpus
 
 
 @pytest.fixture(scope="module")

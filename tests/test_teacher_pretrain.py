@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from zmdist.synth.digits import digits_array_to_image, render_digit_corpus
-from zmdist.teacher.loading import load_teacher
-from zmdist.teacher.pretrain import (
+from zmdist.data.sklearn_digits import digits_array_to_image
+from zmdist.demo.synth_digits import render_digit_corpus
+from zmdist.demo.teacher_pretrain import (
     clip_contrastive_loss,
     digit_arrays_to_tensor,
     evaluate_zero_shot_on_sklearn_digits,
     pretrain_digit_teacher,
     read_pretrain_metadata,
 )
+from zmdist.teacher.loading import load_teacher
 
 
 def test_clip_loss_hand_computed_2x2():
@@ -113,3 +114,23 @@ def test_seconds_caps_the_run(tmp_path):
     meta = read_pretrain_metadata(path)
     assert 0 < meta["steps_done"] < 100_000
     assert np.isfinite(meta["loss_last"])
+
+
+def test_pretrain_follows_the_shared_warmup_cosine_schedule(tmp_path, monkeypatch):
+    """Catches the demo teacher drifting back to a private learning-rate schedule: every step's lr must be
+    ``lr * zmdist.train.schedule.warmup_cosine(warmup, steps)(step)``, warm-up over 5% of the steps."""
+    import zmdist.demo.teacher_pretrain as tp
+    from zmdist.train.schedule import warmup_cosine
+
+    seen_lrs: list[float] = []
+    real_step = torch.optim.AdamW.step
+
+    def spy_step(self, *args, **kwargs):
+        seen_lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy_step)
+    steps, lr = 40, 1e-3
+    tp.pretrain_digit_teacher(tmp_path, steps=steps, batch_size=16, corpus_size=100, lr=lr, progress=False)
+    expected = [lr * warmup_cosine(2, steps)(s) for s in range(steps)]
+    assert seen_lrs == pytest.approx(expected, rel=1e-9)

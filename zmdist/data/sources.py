@@ -1,19 +1,24 @@
-"""Where images come from: a spec string becomes a list of lazily-loaded samples per split.
+"""Where images come from: a spec string ``SCHEME`` or ``SCHEME:ARGUMENT`` becomes lazily-loaded samples per split.
 
-Specs:
+Each scheme is a registered source builder ``(spec, argument) -> Source``, looked up in ``SOURCES``:
 
-- ``imagefolder:PATH``: one sub-folder per class (sorted names give the class indices; images may sit
-  in nested folders below a class folder). When every top-level folder of PATH is one of ``train``,
-  ``val``, ``test`` and ``train`` holds folders, those are the splits (named after the folders) and the
-  class list is the sorted union over them, so indices agree between splits. Image files are found by
-  extension (png, jpg, jpeg, bmp, gif, webp, tif, tiff, any case). Anything else, and files that are not
-  inside a class folder, is listed in ``skipped`` with the reason. An empty class folder is a warning,
-  not an error: it keeps its class index (a class may be empty on purpose, e.g. a zero-shot-only class).
-- ``csv:FILE``: header with a ``path`` column, optional ``label`` (class NAME; empty = unlabelled) and
-  optional ``split`` columns; paths are relative to the CSV's folder; classes are the sorted unique
-  names. Rows whose file is missing are skipped with reason ``"missing file"``; repeated paths too.
-- ``sklearn-digits``: scikit-learn's ``load_digits()`` (1,797 real 8x8 digits), classes ``zero..nine``,
-  keys ``digits-0000``..; it has no split of its own, so its default holdout (``test_fraction=None``) is 0.2.
+- ``imagefolder:PATH`` (``zmdist/data/source_imagefolder.py``): one sub-folder per class, or
+  ``train/`` + ``val/``/``test/`` sub-trees as splits;
+- ``csv:FILE`` (``zmdist/data/source_csv.py``): columns ``path``, optional ``label`` and ``split``;
+- ``sklearn-digits`` (``zmdist/data/sklearn_digits.py``): scikit-learn's 1,797 real 8x8 digits.
+
+Adding a source is one decorated function in one file::
+
+    from zmdist.data.sources import SOURCES, Sample, Source
+
+    @SOURCES.register("myscheme")
+    def open_myscheme(spec: str, argument: str) -> Source:
+        ...
+
+The module must be imported before ``open_source`` is called: the built-in ones are imported by
+``zmdist/data/__init__.py`` (which runs before any ``zmdist.data`` module), a plug-in elsewhere by whoever
+uses it. ``open_source`` splits the spec at its first ``:`` and passes the rest (``""`` if none) to the
+builder, which checks it and says what it expects.
 
 Keys come from the path relative to the source root (``cat/001.jpg`` -> ``cat__001``), so they are
 stable across runs and unique across splits; see ``make_keys``. Nothing depends on directory listing
@@ -22,26 +27,21 @@ order. Sources without their own splits get a seeded, per-class stratified holdo
 
 from __future__ import annotations
 
-import csv
-import functools
+import difflib
 import hashlib
 import math
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
+from pathlib import PurePosixPath
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from zmdist.synth.digits import DIGIT_CLASSNAMES, digits_array_to_image
+from zmdist.registry import Registry
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-SPLIT_FOLDERS = ("train", "val", "test")
 HOLDOUT_SPLIT = "test"
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -133,120 +133,35 @@ def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> dict
     return {"train": sorted(train, key=lambda s: s.key), HOLDOUT_SPLIT: sorted(test, key=lambda s: s.key)}
 
 
-def _walk_files(folder: Path) -> Iterable[Path]:
-    """Every file below ``folder``, in sorted order (never filesystem listing order)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+SourceBuilder = Callable[[str, str], Source]
 
-
-def _is_split_layout(root: Path, top_dirs: list[Path]) -> bool:
-    names = {d.name for d in top_dirs}
-    return "train" in names and names <= set(SPLIT_FOLDERS) and any(p.is_dir() for p in (root / "train").iterdir())
-
-
-def _open_imagefolder(spec: str, root: Path) -> Source:
-    if not root.is_dir():
-        raise FileNotFoundError(f"{spec}: {root} is not a folder")
-    top = sorted(root.iterdir())
-    top_dirs = [p for p in top if p.is_dir()]
-    split_layout = _is_split_layout(root, top_dirs)
-    split_roots = {d.name: d for d in top_dirs} if split_layout else {"train": root}
-    skipped: list[dict[str, str]] = []
-    if split_layout:
-        skipped += [{"origin": str(p), "reason": "not inside a split folder"} for p in top if not p.is_dir()]
-    class_dirs: dict[str, list[Path]] = {}
-    for split, folder in split_roots.items():
-        entries = sorted(folder.iterdir())
-        class_dirs[split] = [p for p in entries if p.is_dir()]
-        skipped += [{"origin": str(p), "reason": "not inside a class folder"} for p in entries if not p.is_dir()]
-    classes = sorted({d.name for dirs in class_dirs.values() for d in dirs})
-    if not classes:
-        raise ValueError(f"{spec}: no class folders in {root}: expected {root}/<class>/<image> (or {root}/train/<class>/...)")
-    index = {name: i for i, name in enumerate(classes)}
-    warnings: list[str] = []
-    found: list[tuple[str, Path, int]] = []
-    for split, dirs in class_dirs.items():
-        for class_dir in dirs:
-            images = 0
-            for path in _walk_files(class_dir):
-                if path.suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append((split, path, index[class_dir.name]))
-                    images += 1
-                else:
-                    reason = f"not an image file (extension {path.suffix or 'none'!r})"
-                    skipped.append({"origin": str(path), "reason": reason})
-            if images == 0:
-                warnings.append(f"class folder {class_dir} has no images")
-    if not found:
-        raise ValueError(f"{spec}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
-    keys = make_keys([path.relative_to(root).as_posix() for _, path, _ in found])
-    samples: dict[str, list[Sample]] = {split: [] for split in split_roots}
-    for key, (split, path, label) in zip(keys, found):
-        samples[split].append(Sample(key, str(path), functools.partial(Image.open, path), label))
-    return Source(spec, classes, samples, own_splits=split_layout, skipped=skipped, warnings=warnings)
-
-
-def _open_csv(spec: str, file: Path) -> Source:
-    if not file.is_file():
-        raise FileNotFoundError(f"{spec}: CSV file {file} does not exist")
-    with open(file, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        if "path" not in columns:
-            raise ValueError(f"{file}: needs a header with a 'path' column (optional 'label', 'split'); found {columns}")
-        rows = [(reader.line_num, row) for row in reader]
-    has_split = "split" in columns
-    classes = sorted({(row.get("label") or "").strip() for _, row in rows} - {""})
-    index = {name: i for i, name in enumerate(classes)}
-    skipped: list[dict[str, str]] = []
-    kept: list[tuple[str, Path, str, int | None]] = []
-    first_line: dict[Path, int] = {}
-    for line, row in rows:
-        rel = (row.get("path") or "").strip()
-        if not rel:
-            raise ValueError(f"{file}:{line}: empty 'path'")
-        split = (row.get("split") or "").strip() if has_split else "train"
-        if not _SPLIT_NAME.match(split):
-            raise ValueError(f"{file}:{line}: split {split!r} must be a non-empty name of letters, digits, '_'")
-        path = (file.parent / rel).resolve()
-        if path in first_line:
-            skipped.append({"origin": str(path), "reason": f"duplicate of line {first_line[path]}"})
-            continue
-        first_line[path] = line
-        if not path.is_file():
-            skipped.append({"origin": str(path), "reason": "missing file"})
-            continue
-        name = (row.get("label") or "").strip()
-        kept.append((split, path, rel.replace("\\", "/").lstrip("/"), index[name] if name else None))
-    keys = make_keys([rel for _, _, rel, _ in kept])
-    samples: dict[str, list[Sample]] = defaultdict(list)
-    for key, (split, path, _, label) in zip(keys, kept):
-        samples[split].append(Sample(key, str(path), functools.partial(Image.open, path), label))
-    if not samples:
-        raise ValueError(f"{file}: no row points at an existing file ({len(skipped)} skipped)")
-    return Source(spec, classes, dict(samples), own_splits=has_split, skipped=skipped)
-
-
-def _open_sklearn_digits(spec: str) -> Source:
-    from sklearn.datasets import load_digits  # lazy: scikit-learn is slow to import
-
-    data = load_digits()
-    samples = [
-        Sample(f"digits-{i:04d}", f"sklearn-digits:{i}", functools.partial(digits_array_to_image, data.images[i]), int(target))
-        for i, target in enumerate(data.target)
-    ]
-    return Source(spec, list(DIGIT_CLASSNAMES), {"train": samples}, own_splits=False, default_test_fraction=0.2)
+SOURCES: Registry[SourceBuilder] = Registry("data source")
+"""``scheme -> builder(spec, argument) -> Source``; register with ``@SOURCES.register("scheme")``."""
 
 
 def open_source(spec: str) -> Source:
-    """Parse ``imagefolder:PATH``, ``csv:FILE`` or ``sklearn-digits`` into a ``Source``."""
-    kind, _, arg = spec.partition(":")
-    if kind == "imagefolder" and arg:
-        return _open_imagefolder(spec, Path(arg).expanduser())
-    if kind == "csv" and arg:
-        return _open_csv(spec, Path(arg).expanduser())
-    if spec == "sklearn-digits":
-        return _open_sklearn_digits(spec)
-    raise ValueError(f"unknown data source {spec!r}: use imagefolder:PATH, csv:FILE or sklearn-digits")
+    """Open ``SCHEME`` or ``SCHEME:ARGUMENT`` with the builder registered for ``SCHEME``."""
+    scheme, _, argument = spec.partition(":")
+    if scheme not in SOURCES:
+        close = difflib.get_close_matches(scheme, SOURCES.names(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(
+            f"unknown data source {spec!r}: no source scheme {scheme!r}{hint}; registered schemes: "
+            f"{', '.join(SOURCES.names())} (write SCHEME or SCHEME:ARGUMENT, e.g. imagefolder:/data/pets)"
+        )
+    return SOURCES.get(scheme)(spec, argument)
+
+
+def require_argument(spec: str, argument: str, what: str) -> str:
+    """``argument``, or a ``ValueError`` saying the scheme needs one (``what``: e.g. ``"PATH"``)."""
+    if not argument:
+        scheme = spec.partition(":")[0]
+        raise ValueError(f"data source {spec!r} needs an argument: {scheme}:{what}")
+    return argument
+
+
+def forbid_argument(spec: str, argument: str) -> None:
+    """A ``ValueError`` if a scheme that takes no argument got one."""
+    if argument:
+        scheme = spec.partition(":")[0]
+        raise ValueError(f"data source {spec!r}: {scheme} takes no argument, write just {scheme!r}")

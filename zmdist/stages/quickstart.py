@@ -8,6 +8,8 @@
 5. ``train`` students with a few labels per class: ``supervised``, ``distill``, ``fixmatch``, ``zeromatch``.
 6. Print one table: the teacher's zero-shot accuracy, its confident pseudolabels, and each student's
    test accuracy (mean and spread over ``seeds``).
+
+The parts live in ``zmdist.demo`` (``teacher_pretrain``, ``digits_pipeline``); this module only wires them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zmdist.config import load_config, option, to_dict
+from zmdist.config import option, to_dict
+from zmdist.demo.digits_pipeline import format_table, prepare_digits, summarise_seeds, train_student
+from zmdist.demo.teacher_pretrain import pretrain_digit_teacher
 from zmdist.provenance import provenance, write_run_files
-from zmdist.stages import embed, pseudolabel, shard, train
 
 NAME = "quickstart"
 HELP = "run the offline embedded default: synthetic-digit teacher -> real digits -> shard/embed/pseudolabel -> students"
@@ -50,8 +53,6 @@ class Config:
 
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
-    from zmdist.teacher.pretrain import pretrain_digit_teacher
-
     start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -90,88 +91,3 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seed)})
     print(format_table(results))
     return results
-
-
-def prepare_digits(
-    out: Path, *, teacher_model: str, pretrained: str = "", templates: str = "digits", shard_size: int = 300,
-    test_fraction: float = 0.25, seed: int = 0, batch_size: int = 256, num_workers: int = 1, progress: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """shard -> embed -> pseudolabel of the real digits into ``out/{shards,embeddings,pseudolabels}``.
-
-    Shared by quickstart, the tests and the benchmarks; returns each stage's results plus its ``seconds``.
-    Embeddings and pseudolabels are rebuilt from scratch: a new teacher must not meet an old run's files.
-    """
-    results: dict[str, dict[str, Any]] = {}
-    for name, module, overrides, folder in [
-        ("shard", shard, ["source=sklearn-digits", f"shard_size={shard_size}", f"seed={seed}",
-                          f"test_fraction={test_fraction}", "overwrite=true", f"progress={progress}"], "shards"),
-        ("embed", embed, [f"shards={out / 'shards'}", f"teacher.model={teacher_model}",
-                          f"teacher.pretrained={pretrained}", f"batch_size={batch_size}",
-                          f"num_workers={num_workers}", f"progress={progress}"], "embeddings"),
-        ("pseudolabel", pseudolabel, [f"embeddings={out / 'embeddings'}", f"templates={templates}"],
-         "pseudolabels"),
-    ]:
-        if name != "shard":
-            _fresh(out / folder)
-        t0 = time.perf_counter()
-        results[name] = module.run(load_config(module.Config, None, overrides), out / folder)
-        results[name]["seconds"] = time.perf_counter() - t0
-    return results
-
-
-def train_student(cfg: Config, out: Path, method: str, seed: int) -> dict[str, Any]:
-    """One student run, in its own folder (a rerun starts it afresh: the teacher may have changed)."""
-    folder = out / "students" / f"{method}-seed{seed}"
-    _fresh(folder)
-    overrides = [
-        f"shards={out / 'shards'}", f"pseudolabels={out / 'pseudolabels'}", f"method={method}",
-        f"student={cfg.student}", f"img_size={cfg.student_img_size}", "hflip=false",
-        f"labels_per_class={cfg.labels_per_class}", f"steps={cfg.train_steps}", f"stage0_steps={cfg.stage0_steps}",
-        f"seed={seed}", f"eval_every={cfg.train_steps}", "checkpoint_every=0", "num_workers=1",
-        f"progress={cfg.progress}",
-    ]
-    return train.run(load_config(train.Config, None, overrides), folder)
-
-
-def summarise_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    accs = [r["accuracy"] for r in runs]
-    mean = sum(accs) / len(accs)
-    std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
-    return {"accuracy_mean": mean, "accuracy_std": std, "accuracy_per_seed": accs,
-            "class_weighted_accuracy_mean": sum(r["class_weighted_accuracy"] for r in runs) / len(runs)}
-
-
-def _fresh(folder: Path) -> None:
-    """Quickstart reruns from scratch: a new teacher checkpoint must not meet the old run's files."""
-    import shutil
-
-    if folder.exists():
-        shutil.rmtree(folder)
-
-
-def format_table(results: dict[str, Any]) -> str:
-    lines = [
-        "",
-        "zmdist quickstart: zero-shot teacher on 1,797 real handwritten digits (10 classes, chance 0.10)",
-        f"  teacher zero-shot accuracy   {results['teacher_zero_shot_accuracy']:.3f}"
-        f"   (ECE {results['ece']:.3f})",
-        "  confident pseudolabels:",
-        "    threshold   coverage   accuracy",
-    ]
-    for row in results["accuracy_at_thresholds"]:
-        acc = f"{row['accuracy']:.3f}" if row["count"] else "  -  "
-        lines.append(f"    >= {row['threshold']:.2f}     {row['coverage']:6.3f}     {acc}")
-    n_seeds = len(next(iter(results["students"].values()))["accuracy_per_seed"]) if results["students"] else 0
-    lines += [
-        f"  students on the {results.get('labels_per_class')}-labels-per-class task, test split"
-        f" (mean +- std over {n_seeds} seed{'s' * (n_seeds != 1)}):",
-        f"    {'teacher zero-shot':<20}{results['teacher_test_accuracy']:.3f}",
-    ]
-    for method, row in results["students"].items():
-        lines.append(f"    {method:<20}{row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}")
-    t = results["timings_s"]
-    lines.append(
-        f"  time: teacher {t['teacher_pretrain_s']:.0f}s, shard {t['shard_s']:.1f}s, embed {t['embed_s']:.1f}s, "
-        f"pseudolabel {t['pseudolabel_s']:.1f}s, students {t['train_s']:.0f}s, total {t['total_s']:.0f}s"
-    )
-    return "\n".join(lines)

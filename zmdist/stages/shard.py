@@ -19,7 +19,7 @@ log = logging.getLogger("zmdist")
 
 @dataclass
 class Config:
-    source: str = option(help="imagefolder:PATH, csv:FILE (columns path,label[,split]) or sklearn-digits")
+    source: str = option(help="SCHEME[:ARG], a registered source: imagefolder:PATH, csv:FILE (columns path,label[,split]), sklearn-digits")
     shard_size: int = option(1000, "samples per tar shard")
     image_format: Literal["png", "jpg"] = option("png", "how images are stored in the shards (png is lossless)")
     jpeg_quality: int = option(95, "JPEG quality when image_format=jpg")

@@ -171,6 +171,8 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
                      stream=stream, evaluator=evaluator)
     result = Engine(engine_cfg, backend, algorithm, data, out, model, hooks, name=phase.name).fit(
         resume=cfg.resume == "auto")
+    # what every rank really got per step: (labelled, unlabelled) batch sizes, rank by rank
+    result["batch_sizes_per_rank"] = dist.all_gather_objects(result.pop("batch_sizes"))
     return {**result, "world_size": backend.world_size, "selected_on": selected_on}
 
 
@@ -221,7 +223,8 @@ def run(cfg: Config, out: Path, hooks: EngineHooks | None = None) -> dict[str, A
         "phases": {name: {"steps_run": r["steps_run"], "best": r["best"], "best_step": r["best_step"],
                           "selected_on": r["selected_on"], "final": {k: v for k, v in r["final"].items()
                                                                      if k != "confusion_matrix"},
-                          "resumed": r["resumed"], "history": r["history"]}
+                          "resumed": r["resumed"], "history": r["history"],
+                          "batch_sizes_per_rank": r["batch_sizes_per_rank"]}
                    for name, r in phase_results.items()},
     }
     if shared.info.is_main:

@@ -21,7 +21,7 @@ TEMPLATE_SETS: dict[str, list[str]] = {
         "art of the {}.",
         "a photo of the small {}.",
     ],
-    # The caption templates the embedded-default teacher was pretrained with (zmdist.synth.digits).
+    # The caption templates the embedded-default teacher was pretrained with (zmdist.demo.synth_digits).
     "digits": [
         "a photo of the digit {}.",
         "a photo of the number {}.",

@@ -87,6 +87,7 @@ class Engine:
         self.hooks = hooks or EngineHooks()
         self._model = model
         self.pos = _Position()
+        self.batch_sizes: set[tuple[int, int]] = set()  # (labelled, unlabelled) per step on this rank
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         decay = [p for p in model.parameters() if p.ndim > 1]
@@ -190,7 +191,7 @@ class Engine:
         finally:
             run_log.close()
         return {"final": final, "best": self.pos.best, "best_step": self.pos.best_step, "steps_run": self.pos.step,
-                "history": self.pos.history, "resumed": resumed}
+                "history": self.pos.history, "resumed": resumed, "batch_sizes": sorted(self.batch_sizes)}
 
     def _loop(self, guard: SignalGuard, run_log: RunLog) -> None:
         cfg, backend = self.cfg, self.backend
@@ -212,6 +213,7 @@ class Engine:
                 self.pos.step += 1
                 step = self.pos.step
                 window_samples += batch.size() * backend.world_size
+                self.batch_sizes.add(tuple(len(v) if v is not None else 0 for v in (batch.x_lb, batch.x_ulb_w)))
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     elapsed = time.perf_counter() - window_start

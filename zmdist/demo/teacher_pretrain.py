@@ -1,7 +1,7 @@
-"""Pretrain a tiny open_clip teacher on synthetic captioned digits, for the offline embedded default.
+"""Pretrain a tiny open_clip teacher on synthetic captioned digits, for the offline embedded default (demo only).
 
 The teacher never sees the real scikit-learn digits or their labels: it learns from
-:func:`zmdist.synth.digits.render_digit_corpus` (stroke- and font-rendered glyphs with captions) with
+:func:`zmdist.demo.synth_digits.render_digit_corpus` (stroke- and font-rendered glyphs with captions) with
 the CLIP contrastive loss, and is then used zero-shot on the real digits. The result is saved as an
 open_clip ``.safetensors`` state dict, so it loads through the normal ``pretrained=<path>`` route
 (``load_teacher(model, pretrained=str(path))``).
@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,8 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zmdist.atomic import atomic_path
+from zmdist.data.sklearn_digits import DIGIT_CLASSNAMES, digits_array_to_image
+from zmdist.train.schedule import warmup_cosine
+
 # Bump when the corpus, the loss or the recipe changes in a way that changes the weights.
-PRETRAIN_VERSION = "synthdigits-v1"
+# v2: the shared zmdist.train.schedule.warmup_cosine (per step, warm-up from (step+1)/warmup) replaced
+# the module's own fraction-based warm-up + cosine.
+PRETRAIN_VERSION = "synthdigits-v2"
+
+WARMUP_FRACTION = 0.05  # share of the steps spent warming up
 
 DEFAULT_STEPS = 800
 DEFAULT_BATCH_SIZE = 256
@@ -79,8 +86,6 @@ def digit_arrays_to_tensor(arrays: np.ndarray, image_size: int = 32) -> torch.Te
 def _resize_uint8(arrays: np.ndarray, image_size: int = 32) -> np.ndarray:
     from PIL import Image
 
-    from zmdist.synth.digits import digits_array_to_image
-
     out = np.empty((len(arrays), image_size, image_size), np.uint8)
     for i, a in enumerate(arrays):
         out[i] = np.asarray(digits_array_to_image(a).resize((image_size, image_size), Image.BICUBIC))
@@ -124,13 +129,6 @@ def _settings_hash(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _lr_at(step_frac: float, warmup_frac: float, lr: float) -> float:
-    if step_frac < warmup_frac:
-        return lr * step_frac / warmup_frac
-    p = (step_frac - warmup_frac) / max(1e-8, 1.0 - warmup_frac)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
-
-
 def pretrain_digit_teacher(
     out_dir: Path,
     *,
@@ -149,9 +147,10 @@ def pretrain_digit_teacher(
     Writes ``out_dir/<model>-synthdigits-<hash>.safetensors`` (the model's state dict), where the hash
     covers every training setting and :data:`PRETRAIN_VERSION`; if that file exists it is returned at once
     without training. ``steps`` optimiser steps of ``batch_size`` pairs from a corpus of ``corpus_size``
-    rendered samples (AdamW, linear warmup then cosine decay to 0). ``seconds``, if given, caps the wall
-    time: the schedule then follows ``max(step / steps, elapsed / seconds)``, so the run still ends on a
-    decayed learning rate, but the weights depend on the machine's speed; leave it ``None`` for results
+    rendered samples (AdamW; lr ``lr * warmup_cosine(warmup, steps)(step)`` from
+    :mod:`zmdist.train.schedule`, warm-up over 5% of the steps). ``seconds``, if given, caps the wall
+    time: the schedule is then evaluated at ``max(step, steps * elapsed / seconds)``, so the run still ends
+    on a decayed learning rate, but the weights depend on the machine's speed; leave it ``None`` for results
     that are deterministic for ``seed``. Identical captions in a batch are encoded once (their features
     are identical, and with identical text features soft targets over duplicates give the same loss and
     gradients as the standard one-hot targets, so the standard loss is used).
@@ -159,7 +158,7 @@ def pretrain_digit_teacher(
     import open_clip
     from safetensors.torch import save_file
 
-    from zmdist.synth.digits import render_digit_corpus
+    from zmdist.demo.synth_digits import render_digit_corpus
     from zmdist.teacher.loading import register_model_configs
 
     settings = dict(
@@ -207,7 +206,7 @@ def pretrain_digit_teacher(
             foreach=True,
         )
         gen = torch.Generator().manual_seed(seed)
-        warmup = 0.05
+        schedule = warmup_cosine(max(1, round(WARMUP_FRACTION * steps)), steps)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -218,13 +217,14 @@ def pretrain_digit_teacher(
         pos = 0
         losses: list[float] = []
         for step in range(steps):
-            frac = step / steps
+            at = step
             if seconds is not None:
-                frac = max(frac, (time.perf_counter() - t_start) / seconds)
-                if frac >= 1.0:
+                elapsed = (time.perf_counter() - t_start) / seconds
+                if elapsed >= 1.0:
                     break
+                at = max(step, int(elapsed * steps))
             for g in opt.param_groups:
-                g["lr"] = _lr_at(frac, warmup, lr)
+                g["lr"] = lr * schedule(at)
             if pos + batch_size > corpus_size:
                 perm = torch.randperm(corpus_size, generator=gen)
                 pos = 0
@@ -270,14 +270,8 @@ def pretrain_digit_teacher(
             }
         )
     }
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 
@@ -302,7 +296,6 @@ def evaluate_zero_shot_on_sklearn_digits(
     """
     from sklearn.datasets import load_digits
 
-    from zmdist.synth.digits import DIGIT_CLASSNAMES, digits_array_to_image
     from zmdist.teacher.loading import load_teacher
     from zmdist.teacher.templates import TEMPLATE_SETS
     from zmdist.teacher.zeroshot import build_zeroshot_classifier

@@ -1,4 +1,4 @@
-"""Synthetic captioned 8x8 digits, made the way the UCI / scikit-learn handwritten digits were made.
+"""Synthetic captioned 8x8 digits (demo only), made the way the UCI / scikit-learn handwritten digits were made.
 
 The real set (``sklearn.datasets.load_digits``) comes from 32x32 binary bitmaps of handwritten digits,
 normalised to the box, whose on-pixels were counted in non-overlapping 4x4 blocks, giving 8x8 arrays of
@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-DIGIT_CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+from zmdist.data.sklearn_digits import DIGIT_CLASSNAMES
 
 GRID = 64  # working raster; reduced 2x2 to the 32x32 bitmap, then 4x4 blocks to 8x8
 
@@ -55,15 +55,6 @@ CAPTION_TEMPLATES = [
 ]
 HANDWRITTEN_TEMPLATES = ["a handwritten {}", "a handwritten digit {}", "the number {} written by hand"]
 PRINTED_TEMPLATES = ["a printed {}", "a printed digit {}", "the number {} in a font"]
-
-
-def digits_array_to_image(arr) -> Image.Image:
-    """Turn an (8, 8) array of ink values 0..16 (ink = high) into an 8x8 ``"L"`` image, ``round(v*255/16)``."""
-    a = np.asarray(arr, dtype=np.float64)
-    if a.shape != (8, 8):
-        raise ValueError(f"digits_array_to_image: expected an (8, 8) array, got shape {a.shape}")
-    px = np.rint(np.clip(a, 0, 16) * 255.0 / 16.0).astype(np.uint8)
-    return Image.fromarray(px)
 
 
 # --------------------------------------------------------------------------------------------------
