@@ -13,16 +13,20 @@ import torch
 from zmdist.data.reader import ShardDataset, assign_shards, make_loader, worker_plan
 
 
-def _to_tensor(img) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+def _label_key(rec: dict) -> tuple[int, str]:
+    return rec["label"], rec["key"]
+
+
+def _tensor_label_key(rec: dict) -> tuple[torch.Tensor, int, str]:
+    return torch.from_numpy(np.asarray(rec["image"]).copy()).permute(2, 0, 1), rec["label"], rec["key"]
 
 
 def _rank_keys(root, split, rank, world, *, mode, workers, batch=4, epoch=0, seed=0, **kwargs) -> list[list[str]]:
     """Batches of keys one rank sees through a real DataLoader."""
-    ds = ShardDataset(root, split, rank, world, mode=mode, seed=seed, **kwargs)
+    ds = ShardDataset(root, split, rank, world, mode=mode, seed=seed, sample_fn=_label_key, **kwargs)
     ds.set_epoch(epoch)
     loader = make_loader(ds, batch_size=batch, num_workers=workers)
-    batches = [keys for _, _, keys in loader]
+    batches = [list(keys) for _, keys in loader]
     assert len(batches) == len(loader) == math.ceil(len(ds) / batch)  # worker split is batch-aligned
     return batches
 
@@ -98,16 +102,30 @@ def test_train_order_reproducible_per_seed_and_epoch(make_shards):
     assert order(1) != first and sorted(set(order(1))) == sorted(keys)
     assert order(0, seed=5) != first
     assert order(0, workers=2) == order(0, workers=2)
-    buffered = order(0, shuffle_buffer=8)
-    assert buffered == order(0, shuffle_buffer=8) and buffered != first and Counter(buffered) == Counter(first)
 
 
-def test_items_labels_and_transform(make_shards):
+def test_positions_subset_keeps_both_guarantees(make_shards):
+    """Catches: a position subset (ZeroMatch's hold-out) read twice, dropped, or leaking the other part;
+    and unequal train counts per rank on the subset."""
+    root, keys = make_shards([10, 7, 3, 1])
+    rng = np.random.default_rng(0)
+    positions = [np.sort(rng.choice(c, c // 2, replace=False)) for c in (10, 7, 3, 1)]
+    wanted = sorted(f"s{i}_{j}" for i, p in enumerate(positions) for j in p.tolist())
+    for world in (1, 2, 3):
+        seen = [k for r in range(world) for b in _rank_keys(root, "train", r, world, mode="eval", workers=2,
+                                                               positions=positions) for k in b]
+        assert sorted(seen) == wanted  # exactly once, nothing outside the subset
+        per_rank = [sum(map(len, _rank_keys(root, "train", r, world, mode="train", workers=2, positions=positions)))
+                    for r in range(world)]
+        assert per_rank == [math.ceil(len(wanted) / world)] * world
+
+
+def test_items_labels_and_sample_fn(make_shards):
     root, _ = make_shards([3, 2])
-    ds = ShardDataset(root, "train", mode="eval", transform=_to_tensor)
+    ds = ShardDataset(root, "train", mode="eval", sample_fn=_tensor_label_key)
     images, labels, keys = next(iter(make_loader(ds, batch_size=5)))
     assert images.shape == (5, 3, 4, 4) and images.dtype == torch.uint8
-    assert keys == ["s0_0", "s0_1", "s0_2", "s1_0", "s1_1"]  # eval: manifest order, tar order
+    assert list(keys) == ["s0_0", "s0_1", "s0_2", "s1_0", "s1_1"]  # eval: manifest order, tar order
     assert labels.tolist() == [0, 1, 2, 1, 2]
     assert images[:, 0, 0, 0].tolist() == [0, 1, 2, 0, 1]
 
@@ -115,12 +133,14 @@ def test_items_labels_and_transform(make_shards):
 def test_clear_errors(make_shards):
     root, _ = make_shards([2, 1])
     with pytest.raises(KeyError, match="'test' is not in .*has: train"):
-        ShardDataset(root, "test", 0, 1)
+        ShardDataset(root, "test", 0, 1, sample_fn=_label_key)
     with pytest.raises(ValueError, match="world size 4 exceeds the 3 samples"):
-        ShardDataset(root, "train", 0, 4, mode="train")
-    assert len(ShardDataset(root, "train", 3, 4, mode="eval")) == 1
+        ShardDataset(root, "train", 0, 4, mode="train", sample_fn=_label_key)
+    assert len(ShardDataset(root, "train", 3, 4, mode="eval", sample_fn=_label_key)) == 1
     with pytest.raises(ValueError, match="mode must be one of"):
-        ShardDataset(root, "train", mode="test")
+        ShardDataset(root, "train", mode="test", sample_fn=_label_key)
     empty, _ = make_shards([0])
     with pytest.raises(ValueError, match="has no samples"):
-        ShardDataset(empty, "train")
+        ShardDataset(empty, "train", sample_fn=_label_key)
+    with pytest.raises(ValueError, match="positions has 1 entries but split 'train' has 2 shards"):
+        ShardDataset(root, "train", sample_fn=_label_key, positions=[np.arange(2)])

@@ -16,6 +16,10 @@ import torch.multiprocessing as mp
 
 from zmdist.data.reader import ShardDataset, make_loader
 
+
+def _label_key(rec: dict) -> tuple[int, str]:
+    return rec["label"], rec["key"]
+
 WORLD = 2
 COUNTS = [10, 7, 3, 1]  # 21 samples: ranks' slices are 10 and 11
 
@@ -29,17 +33,19 @@ def _rank_main(rank: int, init_file: str, shards: str, out: str) -> None:
     assert dist.get_world_size() == WORLD
     result: dict[str, object] = {"rank": dist.get_rank()}
 
-    train = ShardDataset(shards, "train", dist.get_rank(), dist.get_world_size(), mode="train", seed=7)
+    train = ShardDataset(shards, "train", dist.get_rank(), dist.get_world_size(), mode="train", seed=7,
+                         sample_fn=_label_key)
     train.set_epoch(3)
     steps, seen, keys = 0, 0.0, []
-    for _, labels, batch_keys in make_loader(train, batch_size=4, num_workers=2):
+    for labels, batch_keys in make_loader(train, batch_size=4, num_workers=2):
         count = torch.tensor([float(len(batch_keys))])
         dist.all_reduce(count)  # what DDP does every step: blocks forever if the other rank ran out
-        steps, seen, keys = steps + 1, seen + count.item(), keys + batch_keys
+        steps, seen, keys = steps + 1, seen + count.item(), keys + list(batch_keys)
     result.update(train_steps=steps, train_seen_by_all=seen, train_keys=keys)
 
-    evaluation = ShardDataset(shards, "train", dist.get_rank(), dist.get_world_size(), mode="eval")
-    eval_keys = [k for _, _, batch in make_loader(evaluation, batch_size=4, num_workers=2) for k in batch]
+    evaluation = ShardDataset(shards, "train", dist.get_rank(), dist.get_world_size(), mode="eval",
+                              sample_fn=_label_key)
+    eval_keys = [k for _, batch in make_loader(evaluation, batch_size=4, num_workers=2) for k in batch]
     gathered: list[object] = [None] * WORLD
     dist.all_gather_object(gathered, eval_keys)
     result["eval_gathered"] = gathered

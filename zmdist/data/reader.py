@@ -22,7 +22,7 @@ reading its own part of it); the slice is cut again, contiguously, between the r
   most one per rank, none is dropped, and which ones changes with the epoch's permutation.
 
 Samples of one shard are read in the permuted order by seeking in the tar (headers indexed once per
-worker), so no shard is held in memory; ``shuffle_buffer`` additionally mixes samples across shards.
+worker), so no shard is held in memory.
 
 ``assign_shards`` is the other way to split: whole shards per rank, for jobs that write one output file
 per shard (``zmdist embed``); it balances sample counts but cannot make them equal.
@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -48,7 +47,7 @@ from zmdist.data.manifest import Manifest
 
 MODES = ("train", "eval")
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
-_SHARD_ORDER, _SAMPLE_ORDER, _BUFFER = 0, 1, 2  # independent random streams per (seed, epoch)
+_SHARD_ORDER, _SAMPLE_ORDER = 0, 1  # independent random streams per (seed, epoch)
 
 
 def assign_shards(counts: Sequence[int], rank: int, world: int) -> list[int]:
@@ -240,29 +239,17 @@ def worker_plan(
     return pieces
 
 
-def _buffer_shuffle(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
-    """Yield ``items`` through a random-replacement buffer of ``size`` (same items, mixed order)."""
-    buffer: list = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        slot = int(rng.integers(size))
-        yield buffer[slot]
-        buffer[slot] = item
-    for slot in rng.permutation(len(buffer)):
-        yield buffer[slot]
-
-
 class ShardDataset(IterableDataset):
-    """One rank's view of a sharded split; yields ``(image, label, key)`` (label -1 = unlabelled).
+    """One rank's view of a sharded split; yields ``sample_fn(record)`` for every sample it reads, where
+    ``record = {"image" (PIL RGB), "label" (-1 = unlabelled), "key", "shard", "epoch"}`` (e.g. two augmented
+    views seeded per key and epoch, joined to the sample's pseudolabel by (shard, key)).
 
     ``mode="eval"``: each sample exactly once over all ranks and workers, in manifest/tar order.
     ``mode="train"``: exactly ``len(self)`` = ``ceil(total/world)`` samples per rank per epoch, order
-    shuffled from (seed, epoch), plus a ``shuffle_buffer``-sized cross-shard mix when it is > 1 (train
-    only: eval order stays manifest order); call ``set_epoch`` before each epoch. Worker processes get a copy of
-    the dataset when a DataLoader iterator starts, so do not use ``persistent_workers`` (``make_loader``
-    does not): persistent workers would keep the first epoch's order.
+    shuffled from (seed, epoch); call ``set_epoch`` before each epoch. ``positions`` restricts the split
+    to these tar positions per shard (a hold-out slice, say) with the same guarantees. Worker processes
+    get a copy of the dataset when a DataLoader iterator starts, so do not use ``persistent_workers``
+    (``make_loader`` does not): persistent workers would keep the first epoch's order.
     """
 
     def __init__(
@@ -273,18 +260,16 @@ class ShardDataset(IterableDataset):
         world: int = 1,
         *,
         mode: str = "train",
-        transform: Callable[[Image.Image], torch.Tensor] | None = None,
         seed: int = 0,
-        shuffle_buffer: int = 0,
-        sample_fn: Callable[[dict], Any] | None = None,
+        sample_fn: Callable[[dict], Any],
         positions: Sequence[np.ndarray] | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside world size {world}")
-        if seed < 0 or shuffle_buffer < 0:
-            raise ValueError(f"seed and shuffle_buffer must be >= 0 (got {seed}, {shuffle_buffer})")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         manifest = Manifest.load(manifest_dir)
         self.paths = manifest.shard_paths(split)
         self.shard_counts = manifest.counts(split)
@@ -304,11 +289,7 @@ class ShardDataset(IterableDataset):
             )
         self.classes = manifest.classes
         self.split, self.rank, self.world, self.mode = split, rank, world, mode
-        self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
-        # sample_fn replaces (transform(image), label, key) when a caller needs the whole record
-        # ({"image", "label", "key", "shard", "epoch"}): e.g. two augmented views seeded per key and
-        # epoch, joined to the sample's pseudolabel by (shard, key).
-        self.sample_fn = sample_fn
+        self.seed, self.sample_fn = seed, sample_fn
         self.epoch = 0
         self.align = 1
 
@@ -353,48 +334,20 @@ class ShardDataset(IterableDataset):
             if current is not None:
                 current.close()
 
-    def __iter__(self) -> Iterator[tuple[object, int, str]]:
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        records = self._records(self.plan(worker, num_workers))
-        if self.shuffle_buffer > 1 and self.mode == "train":
-            rng = np.random.default_rng([self.seed, self.epoch, _BUFFER, self.rank, worker])
-            records = _buffer_shuffle(records, self.shuffle_buffer, rng)
-        for shard, key, files in records:
+        for shard, key, files in self._records(self.plan(worker, num_workers)):
             image, label = _decode(shard, key, files)
-            if self.sample_fn is not None:
-                yield self.sample_fn({"image": image, "label": label, "key": key, "shard": shard, "epoch": self.epoch})
-            else:
-                yield (self.transform(image) if self.transform is not None else image), label, key
+            yield self.sample_fn({"image": image, "label": label, "key": key, "shard": shard, "epoch": self.epoch})
 
 
-def collate_samples(batch: list[tuple[object, int, str]]) -> tuple[object, torch.Tensor, list[str]]:
-    """Stack tensor images (keep PIL images as a list), labels as int64, keys as a list."""
-    images, labels, keys = zip(*batch)
-    stacked = torch.stack(images) if all(isinstance(i, torch.Tensor) for i in images) else list(images)
-    return stacked, torch.tensor(labels, dtype=torch.long), list(keys)
-
-
-def make_loader(
-    dataset: ShardDataset,
-    batch_size: int,
-    num_workers: int = 0,
-    *,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> DataLoader:
-    """A DataLoader over one rank's ``ShardDataset`` (rank splitting is already done by the dataset).
+def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over one rank's ``ShardDataset`` (rank splitting is already done by the dataset; keep
+    it away from ``accelerator.prepare``, which would split or dispatch it again).
 
     Aligns the dataset's worker split to ``batch_size`` (see ``ShardDataset.align_to``), so every rank
     gets ``ceil(len(dataset)/batch_size)`` batches whatever ``num_workers`` is.
     """
     dataset.align_to(batch_size)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_samples,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-    )
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, persistent_workers=False)

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from zmdist.data.manifest import Manifest
-from zmdist.data.reader import ShardDataset, iter_shard, shard_keys
+from zmdist.data.reader import ShardDataset, iter_shard, make_loader, shard_keys
 from zmdist.formats import PseudolabelShard, PseudolabelStore
 from zmdist.train.augment import Views
 from zmdist.train.contract import LabelledBatch, StreamItem
@@ -105,9 +105,7 @@ def stream_loader(shards: str | Path, split: str, rank: int, world: int, batch_s
                   positions: list[np.ndarray] | None = None) -> tuple[ShardDataset, DataLoader]:
     """A per-rank loader (kept away from accelerate's ``prepare``: the rank split is ours)."""
     ds = ShardDataset(shards, split, rank, world, mode=mode, seed=seed, sample_fn=sample, positions=positions)
-    ds.align_to(batch_size)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, persistent_workers=False)
-    return ds, loader
+    return ds, make_loader(ds, batch_size, num_workers)
 
 
 @dataclass(frozen=True)
