@@ -20,7 +20,9 @@ from zmdist.methods import ssl
 from zmdist.models import DualHead
 from zmdist.train.contract import Batch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# the CUDA case is the GPU twin of the CPU case: same code path, marked and skipped without a GPU
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                 reason="needs a CUDA device")])]
 
 
 def _batch(device: str = "cpu") -> Batch:

@@ -114,8 +114,14 @@ def test_kill_and_resume_embeds_every_key_exactly_once(digit_shards, tmp_path):
     out = tmp_path / "emb"
     args = ["embed", "--shards", str(digit_shards), "--out", str(out), *TEACHER, "num_workers=0",
             "batch_size=64", "progress=false"]
-    env = _env() | {embed.KILL_AFTER_ENV: "2"}
-    killed = zmdist_cli(*args, env=env)
+    # a real SIGKILL right after the second shard file is written, injected through embed.run's hook
+    script = ("import os, signal, sys; from pathlib import Path; from zmdist.config import load_config; "
+              "from zmdist.stages import embed; "
+              "cfg = load_config(embed.Config, None, sys.argv[2:]); "
+              "embed.run(cfg, Path(sys.argv[1]), on_shard_written=lambda n: n >= 2 and os.kill(os.getpid(), signal.SIGKILL))")
+    killed = subprocess.run([sys.executable, "-c", script, str(out), f"shards={digit_shards}", *TEACHER,
+                             "num_workers=0", "batch_size=64", "progress=false"],
+                            capture_output=True, text=True, env=_env(), timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert len(list(out.glob("*.npz"))) == 2  # killed after its second shard, mid-run
     (out / ".tmp-train-000003.npz.x1y2.npz").write_bytes(b"half a file from the killed run")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from zmdist.algorithms.fixmatch import FixMatch
+from zmdist.algorithms.fixmatch import FixMatch, FixMatchConfig
 from zmdist.algorithms.registry import METHODS, PlanContext
 from zmdist.config import option
 from zmdist.methods import ssl
@@ -46,10 +46,11 @@ class AdaMatch(FixMatch):
 
 @METHODS.register("adamatch")
 @dataclass
-class AdaMatchConfig:
+class AdaMatchConfig(FixMatchConfig):
+    """FixMatch's options (``p_cutoff`` is the relative factor: mask = max p~ >= p_cutoff * mean(max p_lb))
+    plus the distribution alignment's."""
+
     name: str = "adamatch"
-    p_cutoff: float = option(0.95, "relative threshold factor: mask = max p~ >= p_cutoff * mean(max p_lb)")
-    lambda_u: float = option(1.0, "weight of the consistency term")
     momentum: float = option(0.999, "EMA momentum of the class marginals")
     da_init: Literal["first_batch", "uniform"] = option(
         "first_batch", "distribution alignment start: model marginal from the first unlabelled batch (USB) or uniform")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +42,6 @@ from zmdist.teacher import load_teacher
 NAME = "embed"
 HELP = "embed every image shard with an open_clip teacher (resumable, parallel over ranks and array tasks)"
 INFO_FILE = "embed_info.json"
-# Test hook: SIGKILL this process after writing this many shards (exercises kill-and-resume for real).
-KILL_AFTER_ENV = "ZMDIST_KILL_AFTER_SHARDS"
 log = logging.getLogger("zmdist")
 
 
@@ -84,9 +80,11 @@ class _ShardImages(IterableDataset):
 
 
 def _embed_shards(
-    jobs: list[ShardJob], cfg: Config, teacher, device: torch.device, show_progress: bool
+    jobs: list[ShardJob], cfg: Config, teacher, device: torch.device, show_progress: bool,
+    on_shard_written: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Embed ``jobs`` and write one file per shard; return counts and timings for the summary."""
+    """Embed ``jobs`` and write one file per shard; return counts and timings for the summary.
+    ``on_shard_written(n)`` is called after the n-th file is on disk (tests kill the process there)."""
     loader = DataLoader(
         _ShardImages(jobs, teacher.preprocess),
         batch_size=cfg.batch_size,
@@ -94,7 +92,6 @@ def _embed_shards(
         pin_memory=device.type == "cuda",
     )
     amp = autocast_dtype(cfg.precision, device)
-    kill_after = int(os.environ.get(KILL_AFTER_ENV, "0"))
     pending: dict[int, dict[str, Any]] = {}
     skipped: list[dict[str, str]] = []
     written = images = 0
@@ -122,8 +119,8 @@ def _embed_shards(
                     ).save(jobs[slot].output)
                     del pending[slot]
                     written += 1
-                    if kill_after and written >= kill_after:
-                        os.kill(os.getpid(), signal.SIGKILL)
+                    if on_shard_written is not None:
+                        on_shard_written(written)
             images += len(keys)
             bar.update(len(keys))
             bar.set_postfix(shards=written)
@@ -135,7 +132,8 @@ def _embed_shards(
     return {"shards_written": written, "images": images - len(skipped), "seconds": seconds, "skipped_keys": skipped}
 
 
-def run(cfg: Config, out: Path) -> dict[str, Any]:
+def run(cfg: Config, out: Path, on_shard_written: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Embed this worker's share of the shards; ``on_shard_written`` is a test hook (see ``_embed_shards``)."""
     info = dist.detect(cfg.task_index, cfg.num_tasks)
     dist.init_distributed(info)
     device = resolve_device(cfg.device, info)
@@ -157,7 +155,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     clean_temp_files(j.output for j in mine)
     todo = [j for j in mine if not j.output.is_file()]
     log.info("embed: %d of my %d shards to do (%d already done)", len(todo), len(mine), len(mine) - len(todo))
-    stats = _embed_shards(todo, cfg, teacher, device, cfg.progress and info.is_main) if todo else {
+    stats = _embed_shards(todo, cfg, teacher, device, cfg.progress and info.is_main, on_shard_written) if todo else {
         "shards_written": 0, "images": 0, "seconds": 0.0, "skipped_keys": []}
     stats.update(worker=info.worker_index, shards_assigned=len(mine), shards_skipped_done=len(mine) - len(todo))
     per_rank = dist.all_gather_objects(stats)
