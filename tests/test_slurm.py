@@ -150,7 +150,7 @@ def test_two_node_training_job(digits, tmp_path):
                   *_train_args(digits, "method.name=fixmatch", "steps=6", "eval_every=6"), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["stages"]["main"]["history"][-1]["step"] == 6
+    assert summary["world_size"] == 2 and summary["phases"]["main"]["history"][-1]["step"] == 6
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("job ")]
     assert "(n1 rank 0/2)" in lines[0] and "(n2 rank 1/2)" in lines[1], proc.stdout
 
@@ -178,6 +178,6 @@ def test_preempted_training_job_checkpoints_requeues_and_finishes(digits, tmp_pa
     logs = "".join(p.read_text() for p in (job / "submitit").glob(f"{job_id}_0_log.*"))
     assert "received SIGUSR2: checkpointing" in logs and "resumed from" in logs, logs[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stages"]["main"]["resumed"] and summary["stages"]["main"]["history"][-1]["step"] == 400
+    assert summary["phases"]["main"]["resumed"] and summary["phases"]["main"]["history"][-1]["step"] == 400
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if "eval" not in line]
     assert steps[-1] == 400 and sorted(set(steps)) == list(range(1, 401))  # no step lost across the requeue

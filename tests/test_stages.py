@@ -87,7 +87,8 @@ def test_embed_and_pseudolabel_end_to_end(digit_shards, tmp_path):
     emb0 = EmbeddingShard.load(tmp_path / "emb" / "train-000000.npz")
     assert side.keys.tolist() == emb0.keys.tolist()
     assert side.topk_classes.shape == (len(side.keys), 3) and side.probs.shape == (len(side.keys), 10)
-    assert np.array_equal(side.pseudolabel, side.probs.astype(np.float32).argmax(1))
+    probs16 = side.probs.astype(np.float32)  # the pseudolabel is a top class (float16 may round a near-tie)
+    assert np.all(probs16[np.arange(len(probs16)), side.pseudolabel] >= probs16.max(1) - 1e-3)
     assert np.allclose(side.confidence, side.topk_probs[:, 0])
     # Catches: a wrong logit scale in the pseudolabel stage (e.g. halved). Recomputed from the stored
     # embeddings and classifier with the scale of a teacher built by open_clip directly (random weights:
