@@ -95,9 +95,9 @@ class _Shared:
     labelled_keys: list[str] | None
 
 
-def _evaluation(cfg: Config, phase: Phase, shared: _Shared, views, stream_positions: dict) -> tuple[Evaluator, str]:
-    """The evaluator that selects this phase's best weights, and a sentence saying which images it uses.
-    For ``holdout_agreement`` it also sets ``stream_positions["train"]`` (the train split minus the hold-out)."""
+def _evaluation(cfg: Config, phase: Phase, shared: _Shared, views) -> tuple[Evaluator, str, list | None]:
+    """The evaluator that selects this phase's best weights, a sentence saying which images it uses, and
+    the tar positions of the train split this phase may train on (None = all; minus the hold-out)."""
     num_classes, info = len(shared.manifest.classes), shared.info
     sample = StreamSample(views, cfg.seed, shared.store, num_classes, strong=False, eval_view=True)
     if phase.selection == "top1":
@@ -105,22 +105,21 @@ def _evaluation(cfg: Config, phase: Phase, shared: _Shared, views, stream_positi
                                   sample, mode="eval", seed=cfg.seed)
         return (Evaluator(loader, num_classes, name=cfg.eval_split),
                 f"top-1 on split {cfg.eval_split!r} (USB's convention: selection sees those labels; "
-                "the headline is the final model)")
+                "the headline is the final model)", None)
     if "val" in shared.manifest.splits and cfg.train_split != "val":
         _, loader = stream_loader(cfg.shards, "val", info.rank, info.world_size, EVAL_BATCH, cfg.num_workers,
                                   sample, mode="eval", seed=cfg.seed)
         return (Evaluator(loader, num_classes, ground_truth=False, name="val"),
                 f"agreement with the teacher's pseudolabels on split 'val' ({shared.manifest.split('val').total} "
-                "images; no labels)")
+                "images; no labels)", None)
     holdout = split_holdout(shared.manifest.counts(cfg.train_split), cfg.holdout_fraction, cfg.seed)
-    stream_positions[cfg.train_split] = holdout.keep
     _, loader = stream_loader(cfg.shards, cfg.train_split, info.rank, info.world_size, EVAL_BATCH, cfg.num_workers,
                               sample, mode="eval", seed=cfg.seed, positions=holdout.hold)
     total = shared.manifest.split(cfg.train_split).total
     return (Evaluator(loader, num_classes, ground_truth=False, name="holdout"),
             f"agreement with the teacher's pseudolabels on a hold-out of {holdout.size} of the {total} images of "
             f"split {cfg.train_split!r} (holdout_fraction={cfg.holdout_fraction}, seed {cfg.seed}; no labels; "
-            "not trained on in this phase)")
+            "not trained on in this phase)", holdout.keep)
 
 
 def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path | None,
@@ -137,8 +136,7 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
                            f"{info.world_size}: on CPU start with torchrun or `accelerate launch` and the CPU config")
     views = make_views(cfg.img_size, cfg.hflip, cfg.strong_augment, cfg.randaugment_ops, cfg.randaugment_magnitude)
     algorithm = phase.algorithm
-    positions: dict[str, Any] = {}
-    evaluator, selected_on = _evaluation(cfg, phase, shared, views, positions)
+    evaluator, selected_on, train_positions = _evaluation(cfg, phase, shared, views)
     labelled = None
     if algorithm.needs.labelled:
         assert shared.labelled_keys is not None
@@ -150,7 +148,7 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
         sample = StreamSample(views, cfg.seed, shared.store, num_classes, strong=algorithm.needs.strong)
         ubatch = per_rank * (cfg.uratio if algorithm.needs.labelled else 1)
         stream = stream_loader(cfg.shards, cfg.train_split, info.rank, info.world_size, ubatch, cfg.num_workers,
-                               sample, mode="train", seed=cfg.seed, positions=positions.get(cfg.train_split))
+                               sample, mode="train", seed=cfg.seed, positions=train_positions)
     model: torch.nn.Module = create_student(cfg.student, num_classes)
     if init is not None:
         model.load_state_dict(load_file(str(init)))
@@ -176,14 +174,13 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
     return {**result, "world_size": backend.world_size, "selected_on": selected_on}
 
 
-def _shared(cfg: Config, phases: list[Phase]) -> _Shared:
+def _shared(cfg: Config, manifest: Manifest, phases: list[Phase]) -> _Shared:
     """Checks and data every phase needs, loaded once: sidecars (one store) and the labelled keys."""
     info = dist.detect()
     log.info("train: %s", dist.describe(info))
     if cfg.batch_size % info.world_size:
         raise ValueError(f"batch_size={cfg.batch_size} is the global batch: it must divide by the "
                          f"{info.world_size} processes")
-    manifest = Manifest.load(cfg.shards)
     needs_stream = any(p.algorithm.needs.stream for p in phases)
     if needs_stream and not cfg.pseudolabels:
         raise ValueError(f"method.name={cfg.method.name} learns from pseudolabels: set pseudolabels=DIR "
@@ -198,9 +195,9 @@ def _shared(cfg: Config, phases: list[Phase]) -> _Shared:
 
 def run(cfg: Config, out: Path, hooks: EngineHooks | None = None) -> dict[str, Any]:
     """Run the method's phases in order; ``hooks`` are passed to every phase's engine (tests)."""
-    manifest_classes = len(Manifest.load(cfg.shards).classes)
-    phases = cfg.method.phases(PlanContext(num_classes=manifest_classes, steps=cfg.steps))
-    shared = _shared(cfg, phases)
+    manifest = Manifest.load(cfg.shards)
+    phases = cfg.method.phases(PlanContext(num_classes=len(manifest.classes), steps=cfg.steps))
+    shared = _shared(cfg, manifest, phases)
     phase_results: dict[str, dict[str, Any]] = {}
     for phase in phases:
         init = out / phase.init_from / "best.safetensors" if phase.init_from else None
