@@ -18,7 +18,8 @@ class Inner:
 class Cfg:
     shards: str = option(help="required")
     inner: Inner = option(factory=Inner, help="nested")
-    batch_size: int = option(8, "batch")
+    batch_size: int = option(8, "batch", min=1)
+    lr: float = option(0.1, "lr", min=0, min_exclusive=True, max=10)
     splits: list[str] = option(factory=list, help="splits")
     precision: Literal["fp32", "bf16"] = option("fp32", "precision")
     templates: str | list[str] = option("simple", "set or list")
@@ -63,6 +64,17 @@ def test_exponent_without_a_dot_is_a_float():
     assert load_config(Cfg, None, ["shards=x", "inner.scale=3e-3"]).inner.scale == 0.003
     with pytest.raises(ConfigError, match="inner.scale: expected a number, got 'big'"):
         load_config(Cfg, None, ["shards=x", "inner.scale=big"])
+
+
+def test_ranges_declared_beside_fields_are_checked():
+    """Catches: a range declared with option(min=..., max=...) not enforced, or off by one at the bound."""
+    assert load_config(Cfg, None, ["shards=x", "batch_size=1", "lr=10"]).lr == 10
+    with pytest.raises(ConfigError, match="batch_size: must be >= 1, got 0"):
+        load_config(Cfg, None, ["shards=x", "batch_size=0"])
+    with pytest.raises(ConfigError, match="lr: must be > 0, got 0.0"):
+        load_config(Cfg, None, ["shards=x", "lr=0"])
+    with pytest.raises(ConfigError, match="lr: must be <= 10, got 11.0"):
+        load_config(Cfg, None, ["shards=x", "lr=11"])
 
 
 def test_bad_yaml_file_errors(tmp_path):

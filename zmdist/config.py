@@ -29,11 +29,28 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key and what to do."""
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None) -> Any:
-    """A dataclass field with a help string (shown in ``--help``); ``factory`` for mutable defaults."""
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
+           min: float | None = None, max: float | None = None, min_exclusive: bool = False) -> Any:
+    """A dataclass field with a help string (shown in ``--help``); ``factory`` for mutable defaults.
+
+    ``min``/``max`` declare the field's valid range beside it (inclusive; ``min_exclusive`` makes the lower
+    bound strict, e.g. a learning rate ``> 0``); a value outside is a ``ConfigError`` naming the key, as a
+    wrong type is. ``None`` values of optional fields are not range-checked."""
+    metadata = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _check_range(value: Any, f: dataclasses.Field, key: str) -> None:
+    low, high = f.metadata.get("min"), f.metadata.get("max")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    strict = f.metadata.get("min_exclusive", False)
+    if low is not None and (value <= low if strict else value < low):
+        raise ConfigError(f"{key}: must be {'>' if strict else '>='} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: must be <= {high}, got {value!r}")
 
 
 def choice(registry: Any, default: str, help: str = "") -> Any:
@@ -150,6 +167,7 @@ def _build(cls: type[T], values: dict, prefix: str = "") -> T:
             kwargs[name] = _build_choice(f, values.get(name, {}), f"{prefix}{name}")
         elif name in values:
             kwargs[name] = _coerce(values[name], hints[name], prefix + name)
+            _check_range(kwargs[name], f, prefix + name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             if dataclasses.is_dataclass(hints[name]):
                 kwargs[name] = _build(hints[name], {}, prefix=f"{prefix}{name}.")
