@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine_fakes import make_engine
+from engine_fakes import FakeBackend, make_engine
 from zmdist.train.contract import Interrupted
 from zmdist.train.engine import EngineHooks
 
@@ -33,6 +33,7 @@ def test_checkpoint_files_and_pruning(tmp_path):
     assert result["steps_run"] == 8
     assert _steps(tmp_path) == ["step-0000006", "step-0000008"]  # keep=2: 2 and 4 pruned
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000008"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step-0000006", "step-0000008"]
     files = {p.name for p in (tmp_path / "checkpoints" / "step-0000008").iterdir()}
     assert files == {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"}
     state = json.loads((tmp_path / "checkpoints" / "step-0000008" / "state.json").read_text())
@@ -106,3 +107,47 @@ def test_resume_after_sigkill_from_a_periodic_checkpoint_matches_uninterrupted(t
     a, b = load_file(str(tmp_path / "whole" / "final.safetensors")), load_file(str(tmp_path / "cut" / "final.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+class _DiesWhileSaving(FakeBackend):
+    """Writes part of a checkpoint, then dies (as a kill in the middle of `save` would)."""
+
+    def save(self, folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt("killed while writing the checkpoint")
+
+
+def test_rewriting_a_checkpoint_never_leaves_a_half_one_under_latest(tmp_path):
+    """Catches: a checkpoint written in place, so that a kill while a requeued run rewrites step-N leaves
+    a truncated file under `latest` and every later resume fails."""
+    engine, _, _ = make_engine(tmp_path, steps=4, scores=[0.5], checkpoint_every=2)
+    engine.fit(resume=False)
+    again, _, _ = make_engine(tmp_path, steps=4, scores=[0.5])
+    again.backend = _DiesWhileSaving()
+    again.backend.setup(again._model, again._optimizer(again._model), lambda step: 1.0)
+    again.pos.step = 4
+    with pytest.raises(KeyboardInterrupt):
+        again.save_checkpoint()
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000004"
+    load_file(str(tmp_path / "checkpoints" / "step-0000004" / "model.safetensors"))  # still whole
+    resumed, algorithm, _ = make_engine(tmp_path, steps=4, scores=[0.5])
+    assert resumed.fit(resume=True)["resumed"] and algorithm.calls == 4
+    assert not list((tmp_path / "checkpoints").glob(".partial-*"))  # the leftover is cleared at the next start
+
+
+def test_resume_falls_back_to_an_older_checkpoint_when_the_newest_is_unreadable(tmp_path, caplog):
+    """Catches: resume failing for good (or silently restarting from step 0) when the newest checkpoint is
+    damaged although an older complete one exists."""
+    engine, _, _ = make_engine(tmp_path, steps=6, scores=[0.5], checkpoint_every=2, keep=3)
+    with pytest.raises(Interrupted):
+        def term(phase: str, step: int) -> None:
+            if step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+        engine.hooks = EngineHooks(on_step_end=term)
+        engine.fit(resume=False)
+    (tmp_path / "checkpoints" / "step-0000006" / "model.safetensors").write_bytes(b"truncated")
+    resumed, algorithm, _ = make_engine(tmp_path, steps=6, scores=[0.5], checkpoint_every=2, keep=3)
+    with caplog.at_level("WARNING", logger="zmdist"):
+        result = resumed.fit(resume=True)
+    assert "step-0000006 is unreadable" in caplog.text
+    assert result["resumed"] and algorithm.calls == 6  # restored the 4 calls of step 4, then ran 5 and 6

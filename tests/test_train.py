@@ -205,6 +205,33 @@ def test_missing_or_corrupt_sidecar_is_a_clear_error(digits, tmp_path):
         train.run(no_pl, tmp_path / "out3")
 
 
+def test_a_sidecar_missing_keys_is_refused_before_training(digits, tmp_path):
+    """Catches: a sidecar that lacks some of its shard's keys found only at the step that meets them."""
+    shards, pl = digits
+    partial = tmp_path / "pl"
+    shutil.copytree(pl, partial)
+    side = PseudolabelShard.load(partial / "test-000000.npz")
+    fields = {k: getattr(side, k) for k in ("keys", "labels", "pseudolabel", "confidence", "margin", "entropy",
+                                           "topk_classes", "topk_probs", "probs")}
+    PseudolabelShard(**{k: v[:-1] for k, v in fields.items()}).save(partial / "test-000000.npz")
+    last = str(side.keys[-1])
+    with pytest.raises(ValueError, match=rf"test-000000.tar .*1 of its {len(side.keys)} keys are missing .*{last}"):
+        train.run(_cfg(digits, "method.name=distill", "steps=2", pl=partial), tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()  # refused before any step
+
+
+def test_deepspeed_runs_as_one_process_without_a_launcher(digits, tmp_path):
+    """Catches: `backend.name=deepspeed` failing on `RANK expected, but not set` when started without
+    torchrun (a one-process group is set up instead)."""
+    shards, pl = digits
+    proc = subprocess.run([sys.executable, "-m", "zmdist", "train", "--out", str(tmp_path / "ds"), f"shards={shards}",
+                           f"pseudolabels={pl}", *FAST, "method.name=supervised", "steps=2",
+                           "backend.name=deepspeed", "backend.zero_stage=1"],
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ds" / "summary.json").read_text())["world_size"] == 1
+
+
 def test_dual_head_wraps_any_classifier_and_metrics_by_hand():
     for name in ("cnn-tiny", "torchvision:resnet18"):
         model = DualHead(create_student(name, 5))

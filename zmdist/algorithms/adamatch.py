@@ -51,7 +51,7 @@ class AdaMatchConfig(FixMatchConfig):
     plus the distribution alignment's."""
 
     name: str = "adamatch"
-    momentum: float = option(0.999, "EMA momentum of the class marginals")
+    momentum: float = option(0.999, "EMA momentum of the class marginals", min=0, max=1)
     da_init: Literal["first_batch", "uniform"] = option(
         "first_batch", "distribution alignment start: model marginal from the first unlabelled batch (USB) or uniform")
 

@@ -37,7 +37,7 @@ class Distill(Supervised):
 @dataclass
 class DistillConfig:
     name: str = "distill"
-    temperature: float = option(1.0, "temperature T of the KL term")
+    temperature: float = option(1.0, "temperature T of the KL term", min=0, min_exclusive=True)
     soft: bool = option(True, "KL to soft probabilities (true) or CE on hard labels (false)")
     confidence_weighted: bool = option(False, "weight each sample by the teacher's confidence")
 

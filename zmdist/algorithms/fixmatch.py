@@ -40,8 +40,8 @@ class FixMatch(Supervised):
 @dataclass
 class FixMatchConfig:
     name: str = "fixmatch"
-    p_cutoff: float = option(0.95, "confidence threshold on the weak view")
-    lambda_u: float = option(1.0, "weight of the consistency term")
+    p_cutoff: float = option(0.95, "confidence threshold on the weak view", min=0, max=1)
+    lambda_u: float = option(1.0, "weight of the consistency term", min=0)
 
     def phases(self, ctx: PlanContext) -> list[Phase]:
         return [Phase("", FixMatch(self.p_cutoff, self.lambda_u), ctx.steps)]

@@ -34,7 +34,7 @@ class PseudoLabel(Supervised):
 @dataclass
 class PseudoLabelConfig:
     name: str = "pseudolabel"
-    threshold: float = option(0.0, "keep samples whose teacher confidence >= this (0 = all)")
+    threshold: float = option(0.0, "keep samples whose teacher confidence >= this (0 = all)", min=0, max=1)
 
     def phases(self, ctx: PlanContext) -> list[Phase]:
         return [Phase("", PseudoLabel(self.threshold), ctx.steps)]

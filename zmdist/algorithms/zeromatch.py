@@ -61,9 +61,9 @@ class ZeroMatchConfig(AdaMatchConfig):
     plus ZeroMatch's own."""
 
     name: str = "zeromatch"
-    stage0_steps: int = option(500, "stage-0 distillation steps (0 skips stage 0)")
+    stage0_steps: int = option(500, "stage-0 distillation steps (0 skips stage 0)", min=0)
     early_stop: float | None = option(0.9999, "stop stage 0 once hold-out agreement reaches this (null = never)")
-    lambda_p: float = option(1.0, "weight of the auxiliary pseudolabel term")
+    lambda_p: float = option(1.0, "weight of the auxiliary pseudolabel term", min=0)
     anneal: Literal["linear", "none"] = option("linear", "alpha_t from 0 to 1 over stage 1 (linear) or fixed 1 (none)")
     ssl_method: Literal["adamatch", "fixmatch"] = option("adamatch", "consistency term of stage 1")
 

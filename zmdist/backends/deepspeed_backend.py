@@ -27,7 +27,7 @@ from zmdist.config import option
 @dataclass
 class DeepSpeedConfig:
     name: str = "deepspeed"
-    zero_stage: int = option(2, "ZeRO stage 1, 2 or 3")
+    zero_stage: int = option(2, "ZeRO stage 1, 2 or 3", min=1, max=3)
     config_file: str = option("", "DeepSpeed JSON config (e.g. launch/deepspeed/zero2.json); overrides zero_stage")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option("auto", "auto = bf16 on GPU, fp32 on CPU")
 
@@ -54,6 +54,22 @@ def zero_config(stage: int, micro_batch: int, world_size: int, precision: str, p
     return cfg
 
 
+def _one_process_rendezvous() -> None:
+    """DeepSpeed always joins a process group through ``env://``; a plain ``zmdist train`` (no torchrun)
+    has none, so set up a group of one on this host (a free port) instead of failing on ``RANK``."""
+    import os
+    import socket
+
+    if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+
+
 class DeepSpeedBackend(Backend):
     def __init__(self, zero_stage: int = 2, config_path: str = "", precision: str = "auto", micro_batch: int = 1):
         import deepspeed
@@ -61,6 +77,8 @@ class DeepSpeedBackend(Backend):
         from zmdist import dist
 
         info = dist.detect()
+        if info.world_size == 1:
+            _one_process_rendezvous()
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
                                    auto_mpi_discovery=False, verbose=False)
         self.rank, self.world_size = info.rank, info.world_size

@@ -56,16 +56,22 @@ def pseudolabel_targets(sidecar: PseudolabelShard, row: int, num_classes: int) -
 
 
 def load_sidecars(pl_dir: str | Path, manifest: Manifest, splits: list[str]) -> PseudolabelStore:
-    """Load every sidecar of ``splits`` once, failing before training (not hours in) when one is missing,
-    unreadable or belongs to other shards (its row count differs from the manifest's)."""
+    """Load every sidecar of ``splits`` once and check it against its shard before training starts (not
+    at the step that first meets the problem): present, readable, and holding exactly the shard's keys
+    (read from the tar headers; no image is decoded)."""
     store = PseudolabelStore(pl_dir)
     for split in dict.fromkeys(splits):
-        for shard in manifest.split(split).shards:
-            rows = len(store.shard(shard.name).keys)
-            if rows > shard.count:
-                raise ValueError(f"pseudolabel sidecar for shard {shard.name} in {pl_dir} has {rows} rows but the "
-                                 f"shard holds {shard.count} samples: it belongs to other shards; rerun "
-                                 "`zmdist pseudolabel`")
+        for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
+            have = set(store.shard(shard.name).keys.tolist())
+            want = shard_keys(path)
+            missing = [k for k in want if k not in have]
+            if missing or len(have) != len(want):
+                extra = sorted(have - set(want))
+                raise ValueError(
+                    f"pseudolabel sidecar for shard {shard.name} in {pl_dir} does not match the shard: "
+                    f"{len(missing)} of its {len(want)} keys are missing (e.g. {missing[:3]}), {len(extra)} keys "
+                    f"are not in the shard (e.g. {extra[:3]}); rerun `zmdist embed` and `zmdist pseudolabel` "
+                    "for these shards")
     return store
 
 

@@ -11,6 +11,7 @@ exactly where the killed one was.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,15 @@ from tqdm import tqdm
 
 from zmdist.atomic import atomic_path
 from zmdist.backends.base import Backend
-from zmdist.train.checkpoint import checkpoint_dir, find_latest, mark_latest, read_state, write_state
+from zmdist.train.checkpoint import (
+    candidates,
+    checkpoint_dir,
+    clean_leftovers,
+    partial_dir,
+    publish,
+    read_state,
+    write_state,
+)
 from zmdist.train.contract import Algorithm, Batch, Interrupted
 from zmdist.train.evaluation import Evaluator
 from zmdist.train.run_log import RunLog
@@ -124,22 +133,38 @@ class Engine:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Every rank writes its part into a partial folder; rank 0 renames it into place when all are done."""
         folder = checkpoint_dir(self.out, self.pos.step)
+        partial = partial_dir(folder)
         if self.backend.is_main:
-            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
         self.backend.barrier()
-        self.backend.save(folder)
+        self.backend.save(partial)
         if self.backend.is_main:
-            torch.save({"torch": torch.random.get_rng_state()}, folder / "rng.pt")
-            write_state(folder, {**self.pos.__dict__, "algorithm": self.algorithm.state_dict()})
-            mark_latest(self.out, folder, self.cfg.keep_checkpoints)
+            torch.save({"torch": torch.random.get_rng_state()}, partial / "rng.pt")
+            write_state(partial, {**self.pos.__dict__, "algorithm": self.algorithm.state_dict()})
+        self.backend.barrier()
+        if self.backend.is_main:
+            publish(self.out, partial, folder, self.cfg.keep_checkpoints)
         self.backend.barrier()
         return folder
 
     def _resume(self) -> bool:
-        folder = find_latest(self.out)
-        if folder is None:
-            return False
+        """Restore from the newest readable checkpoint (the one ``latest`` names, else older ones, saying so)."""
+        for folder in candidates(self.out):
+            try:
+                self._restore(folder)
+            except Exception as err:  # a damaged file: any reader error means "not usable"
+                log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", folder,
+                            type(err).__name__, err)
+                continue
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.pos.step, self.pos.epoch,
+                     self.pos.batch_in_epoch)
+            return True
+        return False
+
+    def _restore(self, folder: Path) -> None:
         state = read_state(folder)
         self.backend.load(folder)
         self.algorithm.load_state_dict(state.pop("algorithm"), self.backend.device)
@@ -147,9 +172,6 @@ class Engine:
         rng = folder / "rng.pt"
         if rng.is_file():
             torch.random.set_rng_state(torch.load(rng, weights_only=True)["torch"])
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", folder, self.pos.step, self.pos.epoch,
-                 self.pos.batch_in_epoch)
-        return True
 
     def _export(self, name: str) -> None:
         """Complete weights (gathered by the backend, whatever the sharding) as ``OUT/name``."""
@@ -177,6 +199,9 @@ class Engine:
     def fit(self, resume: bool) -> dict[str, Any]:
         cfg, backend = self.cfg, self.backend
         backend.setup(self._model, self._optimizer(self._model), warmup_cosine(cfg.warmup_steps, cfg.steps))
+        if backend.is_main and clean_leftovers(self.out):
+            log.warning("removed a partial checkpoint left by a killed run in %s", self.out / "checkpoints")
+        backend.barrier()
         resumed = resume and self._resume()
         already_done = self.pos.finished or self.pos.step >= cfg.steps
         run_log = RunLog(self.out, backend.is_main)
