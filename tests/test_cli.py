@@ -191,6 +191,16 @@ def test_parse_stage_args_on_a_real_stage(tmp_path):
     assert cfg.teacher.model_config == "x.json" and cfg.batch_size == 6 and cfg.shards == "S"
 
 
+def test_out_pointing_at_a_file_is_refused(tmp_path):
+    """Catches: `--out FILE` accepted, the stage then failing deep inside (or writing beside the file)."""
+    from zmdist.config import ConfigError
+
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    with pytest.raises(ConfigError, match="--out .*a-file is a file, not a folder"):
+        parse_stage_args("embed", ["--shards", "S", "--out", str(target)])
+
+
 # --- the stage registry ---------------------------------------------------------------------------------
 
 def test_registry_knows_the_stages_in_pipeline_order():

@@ -77,6 +77,14 @@ def test_ranges_declared_beside_fields_are_checked():
         load_config(Cfg, None, ["shards=x", "lr=11"])
 
 
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    """Catches: a YAML syntax error surfacing as a raw traceback without the file and line."""
+    f = tmp_path / "broken.yaml"
+    f.write_text("shards: /data\nbatch_size: [1, 2\nlr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+, column \d+: YAML syntax error"):
+        load_config(Cfg, f)
+
+
 def test_bad_yaml_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(Cfg, tmp_path / "missing.yaml")

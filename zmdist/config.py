@@ -209,7 +209,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"--config {p}: no such file")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise ConfigError(f"--config {p}:{where}: YAML syntax error: {problem}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {p}: expected a mapping of options at the top level")
         for key, value in _flatten(loaded).items():

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from zmdist.config import describe_default, iter_options, load_config, type_name
+from zmdist.config import ConfigError, describe_default, iter_options, load_config, type_name
 from zmdist.registry import Registry
 
 # stage name -> dotted module path (a string: the module is imported on first use)
@@ -165,7 +165,10 @@ def parse_stage_args(name: str, argv: list[str]) -> tuple[ModuleType, Any, Path,
     module = load_stage(name)
     args = build_stage_parser(None, name).parse_args(list(argv))
     cfg = load_config(module.Config, args.config, flag_overrides(args) + list(args.overrides))
-    return module, cfg, Path(args.out), bool(args.verbose)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: give a folder (it is created if missing)")
+    return module, cfg, out, bool(args.verbose)
 
 
 def setup_logging(verbose: bool = False) -> None:
