@@ -9,7 +9,10 @@ and writes ``DIR/summary.json`` and ``DIR/config.yaml``. Precedence: defaults < 
 from __future__ import annotations
 
 import argparse
+import errno
+import shutil
 import sys
+from pathlib import Path
 
 from zmdist.config import ConfigError
 from zmdist.stages import (
@@ -22,6 +25,8 @@ from zmdist.stages import (
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1/SIGUSR2 after checkpointing (EX_TEMPFAIL: "try again").
 EXIT_INTERRUPTED = 75
+# Exit status when the disk filled up (EX_IOERR); the rerun continues from what was finished.
+EXIT_DISK_FULL = 74
 _VERBOSE = ("-v", "--verbose")
 
 
@@ -58,12 +63,30 @@ def _run(name: str, argv: list[str], verbose: bool) -> int:
     except Interrupted as err:
         print(f"zmdist {name}: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except OSError as err:
+        if err.errno != errno.ENOSPC or verbose:
+            if isinstance(err, FileNotFoundError) and not verbose:
+                print(f"zmdist {name}: error: {err}", file=sys.stderr)
+                return 1
+            raise
+        print(f"zmdist {name}: error: {disk_full_message(err, out)}", file=sys.stderr)
+        return EXIT_DISK_FULL
+    except (KeyError, ValueError) as err:
         if verbose:
             raise
         print(f"zmdist {name}: error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def disk_full_message(err: OSError, out: Path) -> str:
+    """One line for a full disk: the path being written, what is free there, and what to do."""
+    path = Path(err.filename) if err.filename else out
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    return (f"disk full (errno {errno.ENOSPC}) writing {path}: {free:,} bytes free on that file system; free "
+            "space (or point --out elsewhere) and rerun the same command: finished files are kept, partial "
+            "ones are discarded")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,21 @@ def hash_strings(items: Sequence[str]) -> str:
     return digest[:16]
 
 
+def hash_file(path: Path, chunk: int = 1 << 20) -> str:
+    """The full sha256 hex digest of a file's bytes (read in 1 MiB chunks: a multi-GB checkpoint is fine)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_json(value: Any) -> str:
+    """A short sha256 of any JSON-able value (keys sorted): a fingerprint that ignores formatting."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def provenance(seed: int | None = None, **hashes: Sequence[str]) -> dict[str, Any]:
     """Run facts to embed in a summary; each keyword becomes ``<name>_hash``."""
     facts: dict[str, Any] = {

@@ -7,6 +7,7 @@ The same code path serves real weights on a user's cluster (``pretrained="laion2
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -57,13 +58,16 @@ def load_teacher(
     *,
     device: str | torch.device = "cpu",
     model_config: str | None = None,
+    seed: int = 0,
 ) -> Teacher:
     """Build the open_clip model ``name`` in eval mode.
 
     ``pretrained`` is an open_clip tag (downloads on a machine with hub access), a path to a local
     checkpoint (``.pt``/``.bin`` loaded with ``weights_only=True`` by open_clip, or ``.safetensors``), or
     None for random weights. ``model_config`` is an extra JSON file or folder of configs to register
-    first, for models open_clip does not ship.
+    first, for models open_clip does not ship. Random weights are drawn from ``seed`` (torch's global RNG
+    is seeded right before the model is built, inside ``fork_rng`` so the caller's RNG is left as it was):
+    every rank, array task and rerun of a run gets the same random teacher.
     """
     import open_clip
 
@@ -87,9 +91,38 @@ def load_teacher(
                 f"teacher.pretrained: checkpoint {pretrained} does not exist "
                 "(give an open_clip tag, a local checkpoint file, or leave it empty for random weights)"
             )
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained or None, device=device
-    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # random weights (and anything a checkpoint leaves unset) follow the seed
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained or None, device=device
+        )
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     return Teacher(name=name, pretrained=pretrained, model=model, preprocess=preprocess, tokenizer=tokenizer)
+
+
+def is_checkpoint_path(pretrained: str | None) -> bool:
+    """Whether ``pretrained`` names a local checkpoint file rather than an open_clip tag."""
+    return bool(pretrained) and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+                                 or Path(pretrained).is_file())
+
+
+def teacher_fingerprint(name: str, pretrained: str | None, seed: int = 0) -> dict[str, str]:
+    """What makes the teacher's outputs what they are, independent of where files live: the model's
+    architecture (a hash of open_clip's config for ``name``, so a custom ``model_config`` counts) and its
+    weights: the sha256 of the checkpoint's bytes for a local file (a moved file matches, an overwritten
+    one does not), the tag for an open_clip tag, the seed for random weights. Call after ``load_teacher``
+    (which registers the configs)."""
+    import open_clip
+
+    from zmdist.provenance import hash_file, hash_strings
+
+    config = open_clip.get_model_config(name)
+    arch = hash_strings([json.dumps(config, sort_keys=True, default=str)]) if config is not None else "unknown"
+    if is_checkpoint_path(pretrained):
+        weights = f"file sha256:{hash_file(Path(pretrained))}"
+    elif pretrained:
+        weights = f"open_clip tag {pretrained}"
+    else:
+        weights = f"random, seed {seed}"
+    return {"model": name, "architecture": arch, "weights": weights}
