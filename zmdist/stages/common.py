@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,9 +17,10 @@ import torch
 from zmdist.atomic import atomic_write_text
 from zmdist.config import option
 from zmdist.data.manifest import Manifest
-from zmdist.data.reader import assign_shards
+from zmdist.data.reader import assign_shards, shard_keys
 from zmdist.dist import DistInfo
 from zmdist.formats import sidecar_name
+from zmdist.provenance import hash_json
 
 log = logging.getLogger("zmdist")
 
@@ -72,16 +77,217 @@ def plan_shards(manifest: Manifest, splits: list[str], out: Path, info: DistInfo
     return jobs, [jobs[i] for i in mine]
 
 
-def check_run_info(path: Path, info: dict[str, Any], what: str) -> None:
-    """Write ``info`` to ``path``, or check an existing one matches: a rerun must not mix two runs' files."""
+# What each compared run-info entry is, and how to get such a change, for the refusal message.
+_WHAT_CHANGED = {
+    "shards_fingerprint": "shards (the shard set was rebuilt or changed: other keys, counts or classes)",
+    "teacher_fingerprint": "teacher (another model, checkpoint file content, tag or random-weight seed)",
+    "prompts_fingerprint": "prompts (other templates or class names)",
+    "splits": "splits",
+}
+
+
+def check_run_info(path: Path, compared: dict[str, Any], what: str, recorded: dict[str, Any] | None = None) -> None:
+    """Write ``compared`` + ``recorded`` to ``path``, or check an existing file's ``compared`` entries match:
+    a rerun must not mix two runs' files. Entries are content fingerprints (``shards_fingerprint``,
+    ``teacher_fingerprint``, ``prompts_fingerprint``), not paths, so a moved shard folder or checkpoint
+    resumes and a shard set rebuilt in place (another seed) is refused. ``recorded`` entries (paths, the
+    teacher's config) are informative and refreshed on a matching rerun. A refusal names what changed."""
+    recorded = recorded or {}
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), v) for k, v in info.items() if old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in compared.items() if old.get(k) != v}
         if diff:
-            details = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"{path.parent} already holds {what} made with other settings ({details}). "
-                "Use a new --out folder, or delete the old files."
+            details = "; ".join(
+                f"{_WHAT_CHANGED.get(k, k)}: was {a!r}, now {b!r}"
+                + (" (made by an older zmdist that did not record it)" if a is None else "")
+                for k, (a, b) in diff.items()
             )
-        return
-    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+            changed = ", ".join(_WHAT_CHANGED.get(k, k).split(" (")[0] for k in diff)
+            raise ValueError(
+                f"{path.parent} already holds {what} made with other settings: {changed} changed ({details}). "
+                f"To start afresh use a new --out folder, or delete {path.parent}."
+            )
+        if all(old.get(k) == v for k, v in recorded.items()):
+            return
+    atomic_write_text(path, json.dumps({**compared, **recorded}, indent=2) + "\n")
+
+
+def shards_fingerprint(jobs: list[ShardJob], classes: list[str]) -> str:
+    """A content fingerprint of the shards ``jobs`` cover: class names, and per shard its split, name,
+    manifest count and keys in tar order, read from the tar headers only (no image is decoded; about one
+    header read per member). A set rebuilt with another seed puts other keys in each shard, so it differs;
+    the same set moved elsewhere matches. Also checks each tar's sample count against the manifest's and
+    refuses a mismatch (a manifest that undercounts a shard would silently lose samples)."""
+    parts: list[Any] = [list(classes)]
+    for job in jobs:
+        keys = shard_keys(job.path)
+        check_count(job, len(keys))
+        parts.append([job.split, job.name, job.count, keys])
+    return hash_json(parts)
+
+
+def check_count(job: ShardJob, found: int) -> None:
+    if found != job.count:
+        raise ValueError(
+            f"shard {job.path} holds {found} samples but manifest.json says {job.count}: the shard or the "
+            "manifest changed after sharding; rebuild the set with `zmdist shard --overwrite` "
+            "(`zmdist shard --verify DIR` lists every problem)"
+        )
+
+
+class WorkerLock:
+    """``OUT/.lock-task{i}-rank{r}``: one process of one run writes (and cleans the temp files of) its
+    shards of ``OUT``.
+
+    Why per worker, and why that is enough: every worker removes only the temp files of ITS OWN shards
+    (``clean_temp_files(j.output for j in mine)``) and writes only those, and the shards of the workers of
+    one run (ranks, array tasks) are disjoint, so they must not block each other, while one run-wide lock
+    could not even be shared by array tasks on other hosts. A second command on the same ``OUT`` is
+    caught in two ways: with the same layout its worker i collides with the first run's worker i on the
+    lock file (created atomically with ``O_EXCL``); with another layout (other world size or task count)
+    its worker finds a live lock file whose shard list overlaps its own (every lock file lists its
+    worker's shards, and the scan happens after creating our own lock, so of two racing starts at least
+    one sees the other). Either way it refuses, naming the host and pid, instead of deleting the running
+    worker's half-written files.
+
+    Stale locks (a killed run): on this host, a lock whose pid is not alive is taken over with a warning.
+    On another host the pid cannot be checked, so a live lock's mtime is refreshed every
+    ``heartbeat_s`` by a daemon thread and a lock not refreshed for ``stale_s`` is stale; a worker that
+    meets another host's lock on its own name waits (at most ``stale_s``) to see whether it is refreshed:
+    refreshed = a live run, refused; not = taken over (a SLURM job requeued on another node right after
+    a kill resumes by itself)."""
+
+    heartbeat_s = 30.0
+    stale_s = 180.0
+
+    def __init__(self, out: Path, task_index: int, rank: int, shards: list[str], what: str):
+        self.path = out / f".lock-task{task_index}-rank{rank}"
+        self.out = out
+        self.shards = sorted(shards)
+        self.what = what
+        self.token = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                      "shards": self.shards}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading other locks ------------------------------------------------------------------------
+    @classmethod
+    def _read(cls, path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # half-written or garbled: judged by its age alone
+
+    @classmethod
+    def is_stale(cls, path: Path, data: dict[str, Any]) -> bool:
+        if data.get("host") == socket.gethostname() and isinstance(data.get("pid"), int):
+            return not _pid_alive(data["pid"])
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        return age > cls.stale_s
+
+    def _busy(self, path: Path, data: dict[str, Any]) -> ValueError:
+        return ValueError(
+            f"{self.out} is being written by another `zmdist {self.what}` run (host {data.get('host')}, "
+            f"pid {data.get('pid')}, lock {path}). Wait for it to finish; if that run is gone, delete {path} "
+            f"(or wait {int(self.stale_s)} s for it to count as stale), or use a new --out folder."
+        )
+
+    # -- taking and releasing ---------------------------------------------------------------------------
+    def acquire(self) -> "WorkerLock":
+        self.out.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                data = self._read(self.path)
+                if data is None:
+                    continue  # released in between: try again
+                if not self.is_stale(self.path, data) and not self._wait_stale(self.path, data):
+                    raise self._busy(self.path, data) from None
+                log.warning("taking over the stale lock %s of host %s pid %s (that run is gone)",
+                            self.path, data.get("host"), data.get("pid"))
+                moved = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+                try:  # rename first: of two processes taking over, only one moves it
+                    os.replace(self.path, moved)
+                except FileNotFoundError:
+                    continue
+                now = self._read(moved)
+                if now != data and now is not None and not self.is_stale(moved, now):
+                    os.replace(moved, self.path)  # we moved a fresh lock another taker just made: give it back
+                    raise self._busy(self.path, now) from None
+                moved.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.token, fh)
+            break
+        else:
+            raise ValueError(f"could not take the lock {self.path}: another process keeps taking it")
+        for other in sorted(self.out.glob(".lock-task*-rank*")):
+            if other == self.path or ".stale-" in other.name:
+                continue
+            data = self._read(other)
+            if data is None or self.is_stale(other, data):
+                continue
+            if set(data.get("shards") or []) & set(self.shards):
+                self.release()
+                raise self._busy(other, data)
+        self._thread = threading.Thread(target=self._beat, name="zmdist-lock-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    @classmethod
+    def _wait_stale(cls, path: Path, data: dict[str, Any]) -> bool:
+        """For another host's lock: wait until it is refreshed (live: False) or goes stale (True)."""
+        if data.get("host") == socket.gethostname():
+            return False
+        try:
+            first = path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        log.warning("%s is held by host %s pid %s: waiting up to %d s to see whether that run is alive",
+                    path, data.get("host"), data.get("pid"), int(cls.stale_s))
+        while True:
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                return True
+            if mtime != first:
+                return False
+            if time.time() - mtime > cls.stale_s:
+                return True
+            time.sleep(min(cls.heartbeat_s / 3, max(0.05, cls.stale_s - (time.time() - mtime) + 0.05)))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
+    def release(self) -> None:
+        self._stop.set()
+        data = self._read(self.path)
+        if data and data.get("pid") == self.token["pid"] and data.get("host") == self.token["host"]:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "WorkerLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

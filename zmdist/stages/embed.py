@@ -4,6 +4,13 @@ Work is split by shard across every process of every array task (``zmdist.dist``
 command scales from one CPU to ``torchrun``/``accelerate launch`` ranks to a SLURM job array. A shard's
 file is written atomically when its last sample is embedded, and a rerun skips shards whose file exists:
 a run killed at any point and rerun ends with every key exactly once.
+
+Nothing lost, nothing mixed: ``embed_info.json`` records content fingerprints of the shard set (keys and
+counts per shard) and of the teacher (architecture; checkpoint bytes, tag or random-weight seed), and a
+rerun into the same folder with anything else is refused naming what changed. Every tar's sample count is
+checked against the manifest before anything is written. Each worker holds ``OUT/.lock-task{i}-rank{r}``
+while it writes, so a second command on the same folder refuses instead of deleting the first one's
+temp files (``zmdist.stages.common.WorkerLock``).
 """
 
 from __future__ import annotations
@@ -32,12 +39,15 @@ from zmdist.stages.common import (
     Precision,
     ShardJob,
     TeacherConfig,
+    WorkerLock,
     autocast_dtype,
     check_run_info,
     plan_shards,
     resolve_device,
+    shards_fingerprint,
 )
 from zmdist.teacher import load_teacher
+from zmdist.teacher.loading import teacher_fingerprint
 
 NAME = "embed"
 HELP = "embed every image shard with an open_clip teacher (resumable, parallel over ranks and array tasks)"
@@ -50,12 +60,13 @@ class Config:
     shards: str = option(help="folder holding manifest.json and the tar shards (from `zmdist shard`)")
     teacher: TeacherConfig = option(factory=TeacherConfig, help="the open_clip teacher")
     splits: list[str] = option(factory=list, help="splits to embed; empty = every split in the manifest")
-    batch_size: int = option(256, "images per forward pass")
-    num_workers: int = option(2, "DataLoader worker processes decoding images (0 = in the main process)")
+    batch_size: int = option(256, "images per forward pass", min=1)
+    num_workers: int = option(2, "DataLoader worker processes decoding images (0 = in the main process)", min=0)
+    seed: int = option(0, "seed of a random-weight teacher (empty teacher.pretrained): every rank and rerun gets the same one")
     precision: Precision = option("auto", "auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16")
     device: str = option("auto", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
-    task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID")
-    num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT")
+    task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID", min=0)
+    num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT", min=1)
     progress: bool = option(True, "show a progress bar with images/s (rank 0)")
 
 
@@ -72,7 +83,8 @@ class _ShardImages(IterableDataset):
         wid, nw = (worker.id, worker.num_workers) if worker else (0, 1)
         blank = torch.zeros_like(self.transform(Image.new("RGB", (8, 8))))
         for slot in range(wid, len(self.jobs), nw):
-            for sample in iter_shard(self.jobs[slot].path, skip_errors=True):
+            job = self.jobs[slot]  # ``expected``: a tar that does not hold the manifest's count is refused
+            for sample in iter_shard(job.path, skip_errors=True, expected=job.count):
                 if sample["image"] is None:  # undecodable: keep its place so the shard still completes
                     yield blank, sample["key"], -1, slot, sample["error"]
                 else:
@@ -142,16 +154,23 @@ def run(cfg: Config, out: Path, on_shard_written: Callable[[int], None] | None =
     out.mkdir(parents=True, exist_ok=True)
     all_jobs, mine = plan_shards(manifest, cfg.splits, out, info)
     teacher = load_teacher(cfg.teacher.model, cfg.teacher.pretrained or None, device=device,
-                           model_config=cfg.teacher.model_config or None)
-    run_info = {
-        "shards": str(Path(cfg.shards).resolve()),
-        "splits": [j.split for j in all_jobs if j.index == 0 or j.split != all_jobs[j.index - 1].split],
-        "teacher": to_dict(cfg.teacher),
-        "classes": manifest.classes,
-    }
+                           model_config=cfg.teacher.model_config or None, seed=cfg.seed)
     if info.is_main:
-        check_run_info(out / INFO_FILE, run_info, "embeddings")
+        compared = {
+            "splits": [j.split for j in all_jobs if j.index == 0 or j.split != all_jobs[j.index - 1].split],
+            "shards_fingerprint": shards_fingerprint(all_jobs, manifest.classes),
+            "teacher_fingerprint": teacher_fingerprint(cfg.teacher.model, cfg.teacher.pretrained or None, cfg.seed),
+        }
+        recorded = {"shards": str(Path(cfg.shards).resolve()), "teacher": to_dict(cfg.teacher), "seed": cfg.seed,
+                    "classes": manifest.classes}
+        check_run_info(out / INFO_FILE, compared, "embeddings", recorded)
     dist.barrier()
+    with WorkerLock(out, info.task_index, info.rank, [j.name for j in mine], NAME):
+        return _run_locked(cfg, out, info, device, manifest, all_jobs, mine, teacher, on_shard_written)
+
+
+def _run_locked(cfg: Config, out: Path, info: dist.DistInfo, device: torch.device, manifest: Manifest,
+                all_jobs: list[ShardJob], mine: list[ShardJob], teacher, on_shard_written) -> dict[str, Any]:
     clean_temp_files(j.output for j in mine)
     todo = [j for j in mine if not j.output.is_file()]
     log.info("embed: %d of my %d shards to do (%d already done)", len(todo), len(mine), len(mine) - len(todo))
@@ -161,7 +180,7 @@ def run(cfg: Config, out: Path, on_shard_written: Callable[[int], None] | None =
     per_rank = dist.all_gather_objects(stats)
     results = _summarise(per_rank, all_jobs, info)
     if info.is_main:
-        summary = {**results, **provenance(classes=manifest.classes)}
+        summary = {**results, **provenance(seed=cfg.seed, classes=manifest.classes)}
         if info.num_tasks > 1:
             atomic_write_text(out / f"summary.task-{info.task_index}-of-{info.num_tasks}.json", json.dumps(summary, indent=2))
         if info.num_tasks == 1 or results["complete"]:

@@ -5,6 +5,12 @@ once per process, and writes one sidecar per image shard with the pseudolabel, i
 entropy and top-k classes (full probabilities when the class count is small). Parallel and resumable
 like ``embed``. The summary holds pseudolabel and confidence histograms and, where ground truth exists,
 zero-shot accuracy, accuracy at confidence thresholds, ECE and a reliability diagram.
+
+``pseudolabel_info.json`` records the shard set's and the teacher's fingerprints from ``embed_info.json``
+and a hash of the prompts (templates + class names); a rerun into the same folder with other embeddings,
+teacher or prompts is refused, naming which. The teacher is rebuilt from ``embed_info.json`` (random
+weights from its recorded seed) and its fingerprint must equal the one that embedded the images, so the
+text tower always belongs to the image tower that made the embeddings.
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from zmdist.methods.pseudolabels import (
     zero_shot_probs,
 )
 from zmdist.plots import reliability_diagram
-from zmdist.provenance import provenance, write_run_files
-from zmdist.stages.common import ShardJob, check_run_info, plan_shards, resolve_device
+from zmdist.provenance import hash_json, provenance, write_run_files
+from zmdist.stages.common import ShardJob, WorkerLock, check_run_info, plan_shards, resolve_device
 from zmdist.stages.embed import INFO_FILE as EMBED_INFO_FILE
 from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher
+from zmdist.teacher.loading import teacher_fingerprint
 
 NAME = "pseudolabel"
 HELP = "zero-shot pseudolabels with confidence for every embedded sample (one sidecar per shard)"
@@ -47,13 +54,13 @@ class Config:
     embeddings: str = option(help="output folder of `zmdist embed` (the teacher and shards are read from it)")
     templates: str | list[str] = option("simple", "template set name (simple, imagenet7, digits, ...) or a list")
     classnames: list[str] = option(factory=list, help="names used in prompts, in class order; empty = manifest's")
-    topk: int = option(5, "how many top classes (with probabilities) to store per sample")
-    full_probs_max_classes: int = option(100, "store the full probability vector when classes <= this")
+    topk: int = option(5, "how many top classes (with probabilities) to store per sample", min=1)
+    full_probs_max_classes: int = option(100, "store the full probability vector when classes <= this", min=0)
     thresholds: list[float] = option(factory=lambda: [0.3, 0.5, 0.7, 0.9], help="confidence thresholds reported")
-    ece_bins: int = option(15, "bins of the reliability diagram and ECE")
+    ece_bins: int = option(15, "bins of the reliability diagram and ECE", min=1)
     device: str = option("auto", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
-    task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID")
-    num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT")
+    task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID", min=0)
+    num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT", min=1)
 
 
 def prompt_names(classes: list[str]) -> list[str]:
@@ -76,18 +83,41 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         raise ValueError(f"classnames: {len(classnames)} names given, the manifest has {len(manifest.classes)} classes")
     templates = get_templates(cfg.templates)
     teacher_cfg = emb_info["teacher"]
+    seed = int(emb_info.get("seed", 0))
     teacher = load_teacher(teacher_cfg["model"], teacher_cfg["pretrained"] or None, device=device,
-                           model_config=teacher_cfg.get("model_config") or None)
+                           model_config=teacher_cfg.get("model_config") or None, seed=seed)
     classifier = build_zeroshot_classifier(teacher.model, teacher.tokenizer, classnames, templates, device=device)
     out.mkdir(parents=True, exist_ok=True)
     all_jobs, mine = plan_shards(manifest, emb_info["splits"], out, info)
     if info.is_main:
+        teacher_fp = teacher_fingerprint(teacher_cfg["model"], teacher_cfg["pretrained"] or None, seed)
+        embedded_by = emb_info.get("teacher_fingerprint")
+        if embedded_by is not None and embedded_by != teacher_fp:
+            raise ValueError(
+                f"the teacher has changed since {emb_dir} was embedded (was {embedded_by!r}, now {teacher_fp!r}): "
+                "its text tower would not match the image embeddings. Restore the checkpoint, or re-run "
+                "`zmdist embed` into a new --out folder."
+            )
         check_run_info(out / INFO_FILE, {
+            "splits": emb_info["splits"],
+            "shards_fingerprint": emb_info.get("shards_fingerprint"),
+            "teacher_fingerprint": teacher_fp,
+            "prompts_fingerprint": hash_json({"classnames": classnames, "templates": templates}),
+            "topk": cfg.topk,
+        }, "pseudolabels", recorded={
             "embeddings": str(emb_dir.resolve()), "shards": emb_info["shards"], "teacher": teacher_cfg,
-            "classnames": classnames, "templates": templates, "topk": cfg.topk,
-        }, "pseudolabels")
+            "seed": seed, "classnames": classnames, "templates": templates,
+        })
         np.save(out / "classifier.npy", classifier.cpu().numpy())
     dist.barrier()
+    with WorkerLock(out, info.task_index, info.rank, [j.name for j in mine], NAME):
+        return _run_locked(cfg, out, info, manifest, all_jobs, mine, emb_dir, classifier, teacher, device,
+                           classnames, templates)
+
+
+def _run_locked(cfg: Config, out: Path, info: dist.DistInfo, manifest: Manifest, all_jobs: list[ShardJob],
+                mine: list[ShardJob], emb_dir: Path, classifier: torch.Tensor, teacher, device: torch.device,
+                classnames: list[str], templates: list[str]) -> dict[str, Any]:
     clean_temp_files(j.output for j in mine)
     written = 0
     for job in mine:
