@@ -33,6 +33,7 @@ from __future__ import annotations
 import heapq
 import io
 import math
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,27 @@ def _split_member_name(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _check_member(member: tarfile.TarInfo) -> str | None:
+    """Why ``member`` cannot be a sample file of a zmdist shard, or None when it can.
+
+    Shards hold flat ``KEY.EXT`` regular files with keys of ``[A-Za-z0-9_-]`` (README "Data formats").
+    Anything else (``../x``, ``/abs/x``, ``dir/x``, links, devices, odd characters) did not come from
+    ``zmdist shard``; it is refused rather than turned into a key that could clash or escape a folder.
+    """
+    name = member.name
+    if not (member.isreg() or member.isdir()):
+        return "is not a regular file (link or special member)"
+    if member.isdir() or "/" in name or "\\" in name:
+        return "has a path component (shards hold flat KEY.EXT files)"
+    key, _ = _split_member_name(name)
+    if not _KEY.fullmatch(key):
+        return f"key {key!r} is not made of [A-Za-z0-9_-]"
+    return None
+
+
 class _ShardFile:
     """Random access to one tar shard's samples: member headers are indexed once, data read on demand."""
 
@@ -87,8 +109,13 @@ class _ShardFile:
             raise ValueError(f"shard {path} is not a readable tar ({err}): re-run `zmdist shard --overwrite`") from err
         self.samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
         for member in members:
-            if not member.isreg():
-                continue
+            problem = _check_member(member)
+            if problem is not None:
+                self._tar.close()
+                raise ValueError(
+                    f"shard {path}: member {member.name!r} {problem}: refused (this set was not written by "
+                    "`zmdist shard`, or was changed since); rebuild it with `zmdist shard --overwrite`"
+                )
             key, ext = _split_member_name(member.name)
             if not self.samples or self.samples[-1][0] != key:
                 self.samples.append((key, {}))

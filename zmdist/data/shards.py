@@ -22,9 +22,9 @@ from tqdm import tqdm
 from webdataset import TarWriter
 
 from zmdist.atomic import TEMP_PREFIX, atomic_path
-from zmdist.data.images import CorruptImageError, read_rgb
+from zmdist.data.images import DEFAULT_MAX_PIXELS, CorruptImageError, read_rgb
 from zmdist.data.manifest import IMAGE_FORMATS, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo
-from zmdist.data.sources import Sample, Source, open_source
+from zmdist.data.sources import Sample, Source, display_path, open_source
 
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 
@@ -33,14 +33,21 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def _encode(sample: Sample, image_format: str, jpeg_quality: int, converted: Counter, skipped: list) -> dict | None:
-    """One tar record for the sample, or None (and a ``skipped`` entry) when it cannot be decoded."""
+def _encode(sample: Sample, image_format: str, jpeg_quality: int, converted: Counter, skipped: list,
+            max_pixels: int | None = None, downscaled: list | None = None) -> dict | None:
+    """One tar record for the sample, or None (and a ``skipped`` entry) when it cannot be decoded.
+
+    Images over ``max_pixels`` are down-scaled; their original (width, height) is appended to ``downscaled``.
+    """
+    origin = display_path(sample.origin)  # a plug-in source may hand over a non-UTF-8 file name
     try:
-        decoded = read_rgb(sample.loader)
+        decoded = read_rgb(sample.loader, max_pixels)
     except CorruptImageError as err:
-        skipped.append({"origin": sample.origin, "reason": str(err)})
+        skipped.append({"origin": origin, "reason": str(err)})
         return None
     converted.update(decoded.conversions)
+    if decoded.original_size is not None and downscaled is not None:
+        downscaled.append(decoded.original_size)
     buf = io.BytesIO()
     if image_format == "jpg":
         decoded.image.save(buf, format="JPEG", quality=jpeg_quality)
@@ -49,7 +56,7 @@ def _encode(sample: Sample, image_format: str, jpeg_quality: int, converted: Cou
     record = {"__key__": sample.key, image_format: buf.getvalue()}
     if sample.label is not None:
         record["cls"] = str(sample.label).encode("ascii")
-    meta = {"key": sample.key, "origin": sample.origin, "label": sample.label}
+    meta = {"key": sample.key, "origin": origin, "label": sample.label}
     record["json"] = json.dumps(meta).encode("utf-8")
     return record
 
@@ -91,17 +98,22 @@ def write_shards(
     test_fraction: float | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Manifest:
     """Shard every split of ``source`` into ``out_dir`` and return the saved manifest.
 
     Samples are shuffled with ``seed`` before writing (shards are then not class-clustered, and reruns
     are identical); ``seed`` also drives the ``test_fraction`` holdout of sources without own splits
-    (``None``: the source's default). Images that cannot be decoded are listed in ``skipped``.
+    (``None``: the source's default). Images that cannot be decoded are listed in ``skipped``. Images of
+    more than ``max_pixels`` pixels (``None``/0: no limit) are down-scaled to that many, aspect ratio kept,
+    and counted in ``warnings`` with the largest original size.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if max_pixels is not None and max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0 (0: no limit), got {max_pixels}")
     out_dir = Path(out_dir)
     if (out_dir / MANIFEST_NAME).exists() and not overwrite:
         raise FileExistsError(
@@ -118,18 +130,25 @@ def write_shards(
     skipped = list(source.skipped)
     warnings = list(source.warnings)
     converted: Counter = Counter()
+    downscaled: list[tuple[int, int]] = []
     infos: dict[str, SplitInfo] = {}
     for split in sorted(splits, key=lambda name: (name != "train", name)):
         samples = list(splits[split])
         random.Random(f"{seed}:{split}").shuffle(samples)
         bar = tqdm(samples, desc=f"shard {split}", unit="img", file=sys.stderr, disable=not progress)
-        encoded = (_encode(s, image_format, jpeg_quality, converted, skipped) for s in bar)
+        encoded = (_encode(s, image_format, jpeg_quality, converted, skipped, max_pixels, downscaled) for s in bar)
         shards, labelled = _write_split((r for r in encoded if r is not None), out_dir, split, shard_size)
         bar.close()
         total = sum(s.count for s in shards)
         if total == 0:
             warnings.append(f"split {split!r} has no decodable images")
         infos[split] = SplitInfo(shards, total, labelled)
+    if downscaled:
+        width, height = max(downscaled, key=lambda size: (size[0] * size[1], size))
+        warnings.append(
+            f"{len(downscaled)} image(s) over max_pixels={max_pixels} were down-scaled (aspect ratio kept); "
+            f"largest original {width}x{height}"
+        )
     if not any(info.total for info in infos.values()):
         reasons = "; ".join(f"{s['origin']}: {s['reason']}" for s in skipped[:3])
         raise ValueError(f"{source.spec}: no image could be written ({len(skipped)} skipped, e.g. {reasons})")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from zmdist.data.sources import SOURCES, Sample, Source, make_keys, require_argument
+from zmdist.data.sources import SOURCES, Sample, Source, display_path, make_keys, require_argument
 
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
@@ -49,18 +49,18 @@ def open_csv(spec: str, argument: str) -> Source:
             raise ValueError(f"{file}:{line}: split {split!r} must be a non-empty name of letters, digits, '_'")
         path = (file.parent / rel).resolve()
         if path in first_line:
-            skipped.append({"origin": str(path), "reason": f"duplicate of line {first_line[path]}"})
+            skipped.append({"origin": display_path(path), "reason": f"duplicate of line {first_line[path]}"})
             continue
         first_line[path] = line
         if not path.is_file():
-            skipped.append({"origin": str(path), "reason": "missing file"})
+            skipped.append({"origin": display_path(path), "reason": "missing file"})
             continue
         name = (row.get("label") or "").strip()
         kept.append((split, path, rel.replace("\\", "/").lstrip("/"), index[name] if name else None))
-    keys = make_keys([rel for _, _, rel, _ in kept])
+    keys = make_keys([rel for _, _, rel, _ in kept], ids=[str(path) for _, path, _, _ in kept])
     samples: dict[str, list[Sample]] = defaultdict(list)
     for key, (split, path, _, label) in zip(keys, kept):
-        samples[split].append(Sample(key, str(path), functools.partial(Image.open, path), label))
+        samples[split].append(Sample(key, display_path(path), functools.partial(Image.open, path), label))
     if not samples:
         raise ValueError(f"{file}: no row points at an existing file ({len(skipped)} skipped)")
     return Source(spec, classes, dict(samples), own_splits=has_split, skipped=skipped)

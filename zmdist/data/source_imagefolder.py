@@ -18,7 +18,7 @@ from typing import Iterable
 
 from PIL import Image
 
-from zmdist.data.sources import SOURCES, Sample, Source, make_keys, require_argument
+from zmdist.data.sources import SOURCES, Sample, Source, display_path, make_keys, require_argument
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -49,12 +49,12 @@ def open_imagefolder(spec: str, argument: str) -> Source:
     split_roots = {d.name: d for d in top_dirs} if split_layout else {"train": root}
     skipped: list[dict[str, str]] = []
     if split_layout:
-        skipped += [{"origin": str(p), "reason": "not inside a split folder"} for p in top if not p.is_dir()]
+        skipped += [{"origin": display_path(p), "reason": "not inside a split folder"} for p in top if not p.is_dir()]
     class_dirs: dict[str, list[Path]] = {}
     for split, folder in split_roots.items():
         entries = sorted(folder.iterdir())
         class_dirs[split] = [p for p in entries if p.is_dir()]
-        skipped += [{"origin": str(p), "reason": "not inside a class folder"} for p in entries if not p.is_dir()]
+        skipped += [{"origin": display_path(p), "reason": "not inside a class folder"} for p in entries if not p.is_dir()]
     classes = sorted({d.name for dirs in class_dirs.values() for d in dirs})
     if not classes:
         raise ValueError(f"{spec}: no class folders in {root}: expected {root}/<class>/<image> (or {root}/train/<class>/...)")
@@ -70,13 +70,13 @@ def open_imagefolder(spec: str, argument: str) -> Source:
                     images += 1
                 else:
                     reason = f"not an image file (extension {path.suffix or 'none'!r})"
-                    skipped.append({"origin": str(path), "reason": reason})
+                    skipped.append({"origin": display_path(path), "reason": reason})
             if images == 0:
-                warnings.append(f"class folder {class_dir} has no images")
+                warnings.append(f"class folder {display_path(class_dir)} has no images")
     if not found:
         raise ValueError(f"{spec}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}")
     keys = make_keys([path.relative_to(root).as_posix() for _, path, _ in found])
     samples: dict[str, list[Sample]] = {split: [] for split in split_roots}
     for key, (split, path, label) in zip(keys, found):
-        samples[split].append(Sample(key, str(path), functools.partial(Image.open, path), label))
+        samples[split].append(Sample(key, display_path(path), functools.partial(Image.open, path), label))
     return Source(spec, classes, samples, own_splits=split_layout, skipped=skipped, warnings=warnings)

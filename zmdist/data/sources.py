@@ -30,8 +30,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Callable, Sequence
@@ -82,31 +83,49 @@ class Source:
         return holdout_split(self.samples["train"], fraction, seed)
 
 
-def make_keys(rel_paths: Sequence[str]) -> list[str]:
+def display_path(path: object) -> str:
+    """``str(path)`` that is always valid text (JSON, UTF-8 logs): bytes of a file name that are not UTF-8
+    (surrogate-escaped by Python on POSIX, e.g. ``b'\\xff.png'``) are shown as ``\\xff``."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def _digest(text: str, salt: str = "") -> str:
+    # surrogateescape: undecodable file-name bytes hash as the bytes they are (identical to UTF-8 otherwise)
+    return hashlib.sha1((salt + text).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+_MAX_ROUNDS = 8
+
+
+def make_keys(rel_paths: Sequence[str], ids: Sequence[str] | None = None) -> list[str]:
     """Stable unique sample keys for relative paths (same order as given).
 
-    The extension is dropped, ``/`` becomes ``__`` and anything outside ``[A-Za-z0-9_-]`` becomes ``_``.
-    Paths that map to the same key (``a.b.png`` and ``a_b.png``) all get ``_`` + 8 hex digits of the
-    SHA-1 of their full relative path appended, which does not depend on which one was seen first.
+    The extension is dropped, ``/`` becomes ``__`` and anything outside ``[A-Za-z0-9_-]`` becomes ``_``
+    (including characters of a file name that are not UTF-8). Paths that map to the same key (``a.b.png``
+    and ``a_b.png``) all get ``_`` + 8 hex digits of the SHA-1 of their full relative path appended, which
+    does not depend on which one was seen first. Should keys still clash (a file literally named like
+    another's suffixed key, or two equal relative paths), the clashing ones get one more suffix, hashed
+    from ``ids`` (distinct identities such as absolute paths; default: the relative paths) and the round,
+    until every key is unique. Keys depend only on the set of inputs, never on their order.
     """
-    bases = []
+    names = list(rel_paths if ids is None else ids)
+    if len(names) != len(rel_paths):
+        raise ValueError(f"make_keys: {len(rel_paths)} paths but {len(names)} ids")
+    keys = []
     for rel in rel_paths:
         stem = str(PurePosixPath(rel).with_suffix("")) if PurePosixPath(rel).suffix else rel
-        bases.append(_KEY_UNSAFE.sub("_", stem.replace("/", "__")))
-    uses: dict[str, int] = defaultdict(int)
-    for base in bases:
-        uses[base] += 1
-    keys = [
-        f"{base}_{hashlib.sha1(rel.encode('utf-8')).hexdigest()[:8]}" if uses[base] > 1 else base
-        for base, rel in zip(bases, rel_paths)
-    ]
-    if len(set(keys)) != len(keys):
-        seen: dict[str, str] = {}
-        for key, rel in zip(keys, rel_paths):
-            if key in seen:
-                raise ValueError(f"paths {seen[key]!r} and {rel!r} map to the same sample key {key!r}: rename one")
-            seen[key] = rel
-    return keys
+        keys.append(_KEY_UNSAFE.sub("_", stem.replace("/", "__")))
+    for round_ in range(1, _MAX_ROUNDS + 1):
+        uses = Counter(keys)
+        if all(uses[key] == 1 for key in keys):
+            return keys
+        keys = [
+            key if uses[key] == 1 else f"{key}_{_digest(rel) if round_ == 1 else _digest(name, f'{round_}:')}"
+            for key, rel, name in zip(keys, rel_paths, names)
+        ]
+    uses = Counter(keys)
+    clash = [display_path(name) for key, name in zip(keys, names) if uses[key] > 1][:2]
+    raise ValueError(f"inputs {clash} cannot be given distinct sample keys: they are not distinct")
 
 
 def holdout_split(samples: Sequence[Sample], fraction: float, seed: int) -> dict[str, list[Sample]]:

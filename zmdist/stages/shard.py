@@ -34,6 +34,8 @@ class Config:
     shard_size: int = option(1000, "samples per tar shard", min=1)
     image_format: Literal["png", "jpg"] = option("png", "how images are stored in the shards (png is lossless)")
     jpeg_quality: int = option(95, "JPEG quality when image_format=jpg", min=0, max=100, min_exclusive=True)
+    max_pixels: int = option(16_000_000, "images with more pixels are down-scaled to this many at shard time, "
+                                         "aspect ratio kept (0: no limit)", min=0)
     test_fraction: float = option(0.0, "held-out test share per class for sources without their own splits (< 1)", min=0.0)
     seed: int = option(0, "seed of the sample shuffle before sharding and of the test split")
     overwrite: bool = option(False, "replace shards already in --out")
@@ -53,7 +55,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     source = open_source(cfg.source)
     manifest = write_shards(
         source, out, shard_size=cfg.shard_size, image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality,
-        seed=cfg.seed, test_fraction=cfg.test_fraction, overwrite=cfg.overwrite, progress=cfg.progress,
+        seed=cfg.seed, test_fraction=cfg.test_fraction, overwrite=cfg.overwrite, progress=cfg.progress, max_pixels=cfg.max_pixels,
     )
     results = {
         "stage": NAME,
