@@ -46,3 +46,19 @@ def test_clear_errors_for_bad_teacher_settings(tmp_path):
         get_templates("digit")
     with pytest.raises(ValueError, match="exactly one"):
         get_templates(["no placeholder"])
+
+
+def test_checkpoint_of_another_architecture_names_the_model_it_looks_like(tmp_path, teacher):
+    """open_clip alone fails deep inside ("pos_embed width changed!"); we say what the checkpoint is."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "micro.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.model.state_dict().items()}, str(path))
+    with pytest.raises(ValueError, match=r"another architecture than teacher.model=zmdist-tiny-vit: "
+                                         r"it looks like zmdist-micro-vit"):
+        load_teacher("zmdist-tiny-vit", str(path))
+    pt = tmp_path / "micro.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in teacher.model.state_dict().items()}}, pt)
+    with pytest.raises(ValueError, match="it looks like zmdist-micro-vit"):
+        load_teacher("zmdist-tiny-vit", str(pt))
+    load_teacher("zmdist-micro-vit", str(pt))  # the right model name loads the same file

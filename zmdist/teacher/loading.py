@@ -91,6 +91,8 @@ def load_teacher(
                 f"teacher.pretrained: checkpoint {pretrained} does not exist "
                 "(give an open_clip tag, a local checkpoint file, or leave it empty for random weights)"
             )
+    if is_checkpoint_path(pretrained):
+        check_checkpoint_architecture(name, Path(pretrained))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # random weights (and anything a checkpoint leaves unset) follow the seed
         model, _, preprocess = open_clip.create_model_and_transforms(
@@ -126,3 +128,60 @@ def teacher_fingerprint(name: str, pretrained: str | None, seed: int = 0) -> dic
     else:
         weights = f"random, seed {seed}"
     return {"model": name, "architecture": arch, "weights": weights}
+
+
+def _shape_signature(shapes: dict[str, tuple[int, ...]]) -> dict[str, int] | None:
+    """A ViT CLIP's architecture read from its weights' shapes (None when it is not one)."""
+    need = ("visual.conv1.weight", "visual.positional_embedding", "positional_embedding", "text_projection")
+    if not all(k in shapes for k in need):
+        return None
+    patch = shapes["visual.conv1.weight"][2]
+    layers = lambda prefix: len({k.split(".")[prefix.count(".")] for k in shapes if k.startswith(prefix)})  # noqa: E731
+    return {"embed dim": shapes["text_projection"][1], "vision width": shapes["visual.conv1.weight"][0],
+            "vision layers": layers("visual.transformer.resblocks."), "patch": patch,
+            "image size": int(round((shapes["visual.positional_embedding"][0] - 1) ** 0.5)) * patch,
+            "text width": shapes["positional_embedding"][1], "text layers": layers("transformer.resblocks.")}
+
+
+def _config_signature(config: dict) -> dict[str, int] | None:
+    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
+    if "patch_size" not in vision or "width" not in text:
+        return None
+    image = vision.get("image_size", 224)
+    return {"embed dim": config.get("embed_dim"), "vision width": vision.get("width"),
+            "vision layers": vision.get("layers"), "patch": vision["patch_size"],
+            "image size": image if isinstance(image, int) else image[0], "text width": text["width"],
+            "text layers": text.get("layers")}
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return {k.removeprefix("module."): tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def check_checkpoint_architecture(name: str, path: Path) -> None:
+    """Refuse a checkpoint of another architecture with a message that says which registered open_clip
+    model it looks like (open_clip itself fails deep inside with e.g. "text pos_embed width changed!")."""
+    import open_clip
+
+    config = open_clip.get_model_config(name)
+    wanted = _config_signature(config) if config else None
+    try:
+        found = _shape_signature(_checkpoint_shapes(path))
+    except Exception as err:  # unreadable: let open_clip's loader report it
+        raise ValueError(f"teacher.pretrained: {path} is not a readable checkpoint ({err})") from err
+    if wanted is None or found is None or wanted == found:
+        return
+    looks_like = [m for m in open_clip.list_models()
+                  if (c := open_clip.get_model_config(m)) and _config_signature(c) == found]
+    like = f"it looks like {', '.join(looks_like[:5])}" if looks_like else "no registered open_clip model matches it"
+    describe = lambda sig: ", ".join(f"{k} {v}" for k, v in sig.items())  # noqa: E731
+    raise ValueError(f"teacher.pretrained: {path} is a checkpoint of another architecture than teacher.model={name}: "
+                     f"{like} ({describe(found)}); {name} has {describe(wanted)}. Set teacher.model to the "
+                     "checkpoint's model (or teacher.model_config=JSON for a custom one)")
