@@ -1,15 +1,16 @@
 # The two commands of the README: `make quickstart` and `make test`. Both create .venv from
-# pyproject.toml first if it is missing or older than pyproject.toml.
+# pyproject.toml first if it is missing or older than pyproject.toml or constraints.txt, installing
+# the versions the tests ran with (constraints.txt; pyproject.toml itself only has lower bounds).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: quickstart test cluster bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 quickstart: $(VENV)/.installed

@@ -1,14 +1,21 @@
-"""Student samples/s of `zmdist train` against a plain PyTorch loop doing the same work, 1 and 2 processes.
+"""Student samples/s of `zmdist train` against hand-written loops doing the same work, 1 and 2 processes.
 
-Same model (``--student``), same per-process batches (labelled B + weak B + strong B, FixMatch-style, one
-forward), same augmentations (weak crop / RandAugment strong, from ``zmdist.train.augment.make_views``),
-AdamW, same number of DataLoader workers. The plain loop reads the images from memory with a
-DistributedSampler and does nothing else; zmdist streams them from the tar shards, joins pseudolabels,
-seeds every sample's augmentation, logs, all-reduces its stop flag every step, and evaluates once at the end
-(evaluation is outside the measured window). Both report samples/s over the steady-state steps (the first
-``--warmup`` steps are excluded); 2 processes run under torchrun with gloo on CPU (NCCL on GPUs).
+Same model (``--student``), same per-process batches (B labelled weak views + B unlabelled images as weak
+and strong views, FixMatch-style, one forward), same augmentations (``zmdist.train.augment.make_views``),
+AdamW, same number of DataLoader workers per loader. Samples/s counts images drawn per step (B labelled +
+B unlabelled), as `zmdist train` logs it. Two baselines in the same run:
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--student cnn-tiny] [--repeats 3]
+- **plain**: the images decoded once into memory, a ``DistributedSampler``, nothing else;
+- **wds**: the unlabelled stream read from the same tar shards by an open_clip-style WebDataset pipeline
+  (``wds.WebDataset(shards, resampled=True).shuffle(1000).decode("pil").to_tuple("png", "cls")``),
+  labelled batches as in plain.
+
+zmdist streams from the shards with its exact-count planner, joins pseudolabels, seeds every sample's
+augmentation, logs, all-reduces its stop flag every step, and evaluates once at the end (outside the
+measured window). All report samples/s over the steady-state steps (the first ``--warmup`` excluded);
+2 processes run under torchrun with gloo on CPU (NCCL on GPUs). Runs are interleaved, medians reported.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--student cnn-small] [--img-size 32] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import torch
 
 
 def plain_loop(args: argparse.Namespace) -> None:
-    """The baseline: what a user would write by hand (run under torchrun for 2 processes)."""
+    """The baselines: what a user would write by hand (run under torchrun for 2 processes)."""
     import torch.distributed as dist
     import torch.nn.functional as F
+    import webdataset as wds
     from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
     from zmdist.data.manifest import Manifest
@@ -52,23 +60,41 @@ def plain_loop(args: argparse.Namespace) -> None:
             img, label = samples[i]
             return views.weak(img), views.strong(img), label
 
+    class Weak(Pairs):
+        def __getitem__(self, i: int):
+            img, label = samples[i]
+            return views.weak(img), label
+
     per_rank = args.batch_size // world
-    def loader(seed: int) -> DataLoader:
-        sampler = DistributedSampler(Pairs(), world, int(os.environ.get("RANK", "0")), seed=seed) if world > 1 else None
-        return DataLoader(Pairs(), per_rank, sampler=sampler, shuffle=sampler is None, num_workers=args.workers,
+
+    def loader(seed: int, data: Dataset) -> DataLoader:
+        sampler = DistributedSampler(data, world, int(os.environ.get("RANK", "0")), seed=seed) if world > 1 else None
+        return DataLoader(data, per_rank, sampler=sampler, shuffle=sampler is None, num_workers=args.workers,
                           drop_last=True, persistent_workers=False)
+
+    def two_views(sample):
+        img, label = sample
+        return views.weak(img), views.strong(img), label
+
+    def wds_loader() -> DataLoader:
+        urls = [str(p) for p in manifest.shard_paths("train")]
+        stream = (wds.WebDataset(urls, resampled=True, shardshuffle=False).shuffle(1000).decode("pil")
+                  .to_tuple("png", "cls").map(two_views).batched(per_rank, partial=False))
+        return wds.WebLoader(stream, batch_size=None, num_workers=args.workers)
 
     model = create_student(args.student, 10)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    lab, unl = iter(loader(1)), iter(loader(2))
+    lab = iter(loader(1, Weak()))
+    unl = iter(wds_loader() if args.pipeline == "wds" else loader(2, Pairs()))
     step, t0 = 0, None
     while step < args.steps:
         try:
-            (x_lb, _, y_lb), (w, s, _) = next(lab), next(unl)
-        except StopIteration:
-            lab, unl = iter(loader(step + 1)), iter(loader(step + 2))
+            (x_lb, y_lb), (w, s, _) = next(lab), next(unl)
+        except StopIteration:  # an epoch of the in-memory loaders ended (the wds stream never ends)
+            lab = iter(loader(step + 1, Weak()))
+            unl = unl if args.pipeline == "wds" else iter(loader(step + 2, Pairs()))
             continue
         logits = model(torch.cat([x_lb, w, s]))
         lb, lw, ls = logits.split([len(x_lb), len(w), len(s)])
@@ -83,7 +109,7 @@ def plain_loop(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
     elapsed = time.perf_counter() - t0
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"samples_per_s": 3 * args.batch_size * (args.steps - args.warmup) / elapsed}))
+        print(json.dumps({"samples_per_s": 2 * args.batch_size * (args.steps - args.warmup) / elapsed}))
 
 
 def _launch(nproc: int, argv: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -92,8 +118,8 @@ def _launch(nproc: int, argv: list[str], env: dict) -> subprocess.CompletedProce
     return subprocess.run(prefix + argv, capture_output=True, text=True, env=env, check=False)
 
 
-def run_plain(nproc: int, args: argparse.Namespace, env: dict) -> float:
-    r = _launch(nproc, [__file__, "--plain", "--shards", str(args.shards), "--steps", str(args.steps),
+def run_plain(nproc: int, args: argparse.Namespace, env: dict, pipeline: str) -> float:
+    r = _launch(nproc, [__file__, "--plain", "--pipeline", pipeline, "--shards", str(args.shards), "--steps", str(args.steps),
                         "--warmup", str(args.warmup), "--student", args.student, "--img-size", str(args.img_size),
                         "--batch-size", str(args.batch_size), "--workers", str(args.workers)], env)
     if r.returncode:
@@ -126,6 +152,7 @@ def prepare(tmp: Path) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline", choices=["memory", "wds"], default="memory", help=argparse.SUPPRESS)
     parser.add_argument("--shards", type=Path)
     parser.add_argument("--pseudolabels", type=Path)
     parser.add_argument("--steps", type=int, default=60)
@@ -146,19 +173,20 @@ def main() -> None:
         args.shards, args.pseudolabels = prepare(tmp)
         rows = {}
         for nproc in [int(p) for p in args.procs.split(",")]:
-            plain, ours = [], []
-            for i in range(args.repeats):  # interleaved, so machine noise hits both alike
-                plain.append(run_plain(nproc, args, env))
+            plain, web, ours = [], [], []
+            for i in range(args.repeats):  # interleaved, so machine noise hits all alike
+                plain.append(run_plain(nproc, args, env, "memory"))
+                web.append(run_plain(nproc, args, env, "wds"))
                 ours.append(run_zmdist(nproc, args, env, tmp / f"run-{nproc}-{i}"))
-            rows[nproc] = (statistics.median(plain), statistics.median(ours))
-    print(f"\ntrain throughput: fixmatch step (B labelled + B weak + B strong), student {args.student} at "
-          f"{args.img_size}px, global B={args.batch_size}, {args.workers} loader worker(s)/process, "
-          f"{args.steps} steps ({args.warmup} warm-up excluded), median of {args.repeats}")
-    print(f"{'procs':>5}{'plain samples/s':>17}{'zmdist samples/s':>18}{'zmdist/plain':>14}{'scaling eff.':>14}")
+            rows[nproc] = (statistics.median(plain), statistics.median(web), statistics.median(ours))
+    print(f"\ntrain throughput: fixmatch step (B labelled weak + B unlabelled weak & strong), student {args.student} "
+          f"at {args.img_size}px, global B={args.batch_size}, {args.workers} worker(s) per loader and process, "
+          f"{args.steps} steps ({args.warmup} warm-up excluded), median of {args.repeats}, samples/s = images drawn")
+    print(f"{'procs':>5}{'plain':>9}{'wds':>9}{'zmdist':>9}{'zmdist/plain':>14}{'zmdist/wds':>12}{'scaling eff.':>14}")
     base = rows.get(1)
-    for nproc, (p, z) in rows.items():
-        eff = f"{z / (nproc * base[1]):.2f}" if base and nproc > 1 else "-"
-        print(f"{nproc:>5}{p:>17.0f}{z:>18.0f}{z / p:>14.2f}{eff:>14}")
+    for nproc, (p, w, z) in rows.items():
+        eff = f"{z / (nproc * base[2]):.2f}" if base and nproc > 1 else "-"
+        print(f"{nproc:>5}{p:>9.0f}{w:>9.0f}{z:>9.0f}{z / p:>14.2f}{z / w:>12.2f}{eff:>14}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +52,29 @@ def make_shards(tmp_path: Path) -> Callable[..., tuple[Path, list[str]]]:
         return root, write_uneven_shards(root, counts, split)
 
     return make
+
+
+@pytest.fixture
+def http_root():
+    """Serve a folder over HTTP on 127.0.0.1 (a thread in this process); yields a function folder -> URL."""
+    servers = []
+
+    def serve(folder) -> str:
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
 
 
 # --- SLURM tests: on by default (they FAIL with a hint when the cluster is down); ZMDIST_SLURM_TESTS=0

@@ -51,19 +51,23 @@ class FakeBackend(Backend):
 
 
 class Items(IterableDataset):
-    """8 fixed samples of a 2-class problem (x in R^4), one epoch = 8 samples; ``set_epoch`` is recorded."""
+    """8 fixed samples of a 2-class problem (x in R^4), one epoch = 8 samples; ``set_epoch`` is recorded and
+    its ``skip_batches`` honoured as ``ShardDataset`` does (batches of ``batch`` samples, one worker)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = 1) -> None:
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(8, 4, generator=g)
         self.y = (self.x[:, 0] > 0).long()
         self.epochs: list[int] = []
+        self.batch, self.skip = batch, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epochs.append(epoch)
+        self.skip = skip_batches
 
     def __iter__(self):
-        for x, y in zip(self.x, self.y):
+        start = self.skip * self.batch
+        for x, y in zip(self.x[start:], self.y[start:]):
             yield StreamItem(x, torch.empty(0), int(y), int(y), 1.0, torch.nn.functional.one_hot(y, 2).float())
 
 
@@ -103,7 +107,7 @@ def make_engine(out: Path, steps: int, scores: list[float], *, checkpoint_every:
                 eval_every: int = 2, early_stop: float | None = None, hooks: EngineHooks | None = None,
                 seed: int = 0) -> tuple[Engine, CountingAlgorithm, Items]:
     torch.manual_seed(seed)
-    items = Items()
+    items = Items(batch=4)
     algorithm = CountingAlgorithm()
     cfg = EngineConfig(steps=steps, lr=0.1, weight_decay=0.0, optimizer="sgd", momentum=0.9, warmup_steps=1,
                        eval_every=eval_every, log_every=1, checkpoint_every=checkpoint_every, keep_checkpoints=keep,

@@ -159,7 +159,7 @@ def test_preempted_training_job_checkpoints_requeues_and_finishes(digits, tmp_pa
     out, job = tmp_path / "train", tmp_path / "job"
     submitter = subprocess.Popen(
         [sys.executable, "-m", "zmdist", "submit", "--cluster", "slurm", "--time", "10", "--timeout", "300",
-         "--out", str(job), *_train_args(digits, "method.name=adamatch", "steps=400", "eval_every=400",
+         "--out", str(job), *_train_args(digits, "method.name=adamatch", "steps=200", "eval_every=200",
                                          "checkpoint_every=0"), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     try:
@@ -178,6 +178,6 @@ def test_preempted_training_job_checkpoints_requeues_and_finishes(digits, tmp_pa
     logs = "".join(p.read_text() for p in (job / "submitit").glob(f"{job_id}_0_log.*"))
     assert "received SIGUSR2: checkpointing" in logs and "resumed from" in logs, logs[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["phases"]["main"]["resumed"] and summary["phases"]["main"]["history"][-1]["step"] == 400
+    assert summary["phases"]["main"]["resumed"] and summary["phases"]["main"]["history"][-1]["step"] == 200
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if "eval" not in line]
-    assert steps[-1] == 400 and sorted(set(steps)) == list(range(1, 401))  # no step lost across the requeue
+    assert steps[-1] == 200 and sorted(set(steps)) == list(range(1, 201))  # no step lost across the requeue

@@ -15,6 +15,7 @@ from zmdist.config import load_config
 from zmdist.data.manifest import Manifest
 from zmdist.data.reader import iter_shard
 from zmdist.formats import EmbeddingShard, PseudolabelShard
+from zmdist.methods.pseudolabels import expected_calibration_error
 from zmdist.stages import embed, pseudolabel, shard
 
 TEACHER = ["teacher.model=zmdist-micro-vit"]
@@ -83,6 +84,14 @@ def test_embed_and_pseudolabel_end_to_end(digit_shards, tmp_path):
     assert sum(pl["pseudolabel_histogram"].values()) == 1797
     assert set(pl["zero_shot_accuracy_per_split"]) == {"train", "test"}
     assert (tmp_path / "pl" / "reliability.png").stat().st_size > 1000
+    # The summary is accumulated shard by shard; it must equal the statistics of all sidecars at once.
+    sides = [PseudolabelShard.load(p) for p in sorted((tmp_path / "pl").glob("*-*.npz"))]
+    conf = np.concatenate([s.confidence for s in sides])
+    correct = np.concatenate([s.pseudolabel == s.labels for s in sides])
+    assert pl["ece"] == pytest.approx(expected_calibration_error(conf, correct, 15), abs=1e-9)
+    assert pl["teacher_zero_shot_accuracy"] == pytest.approx(correct.mean())
+    assert pl["mean_confidence"] == pytest.approx(conf.mean(), rel=1e-6)
+    assert pl["accuracy_at_thresholds"][1]["count"] == int((conf >= 0.5).sum())
     side = PseudolabelShard.load(tmp_path / "pl" / "train-000000.npz")
     emb0 = EmbeddingShard.load(tmp_path / "emb" / "train-000000.npz")
     assert side.keys.tolist() == emb0.keys.tolist()

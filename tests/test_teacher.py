@@ -62,3 +62,110 @@ def test_checkpoint_of_another_architecture_names_the_model_it_looks_like(tmp_pa
     with pytest.raises(ValueError, match="it looks like zmdist-micro-vit"):
         load_teacher("zmdist-tiny-vit", str(pt))
     load_teacher("zmdist-micro-vit", str(pt))  # the right model name loads the same file
+
+
+def _save_open_clip_folder(model: torch.nn.Module, folder) -> None:
+    """Write ``model`` as open_clip's ``save_for_hf`` does (config JSON + safetensors weights), minus the
+    tokenizer files that only HF tokenizers have: the layout of a ``local-dir:`` folder and a hub repo."""
+    import open_clip
+    from open_clip.push_to_hf_hub import save_config_for_hf
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_config_for_hf(model, folder / "open_clip_config.json", open_clip.get_model_config("zmdist-micro-vit"))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def test_local_dir_teacher_loads_the_folder_weights_and_tokenizer(tmp_path, teacher):
+    folder = tmp_path / "micro"
+    _save_open_clip_folder(teacher.model, folder)
+    again = load_teacher(f"local-dir:{folder}", seed=7)  # the seed must not matter: the weights come from the folder
+    _assert_same_weights(teacher.model, again.model)
+    assert again.tokenizer(["a photo of a cat."]).shape == (1, 12)  # the folder config's context length
+    image = again.preprocess(__import__("PIL.Image", fromlist=["Image"]).new("RGB", (8, 8)))
+    assert image.shape == (3, 16, 16)
+
+
+def test_local_dir_errors_name_the_path_and_the_missing_file(tmp_path, teacher):
+    with pytest.raises(FileNotFoundError, match=r"local-dir:.*nowhere: folder .*nowhere does not exist"):
+        load_teacher(f"local-dir:{tmp_path / 'nowhere'}")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty.open_clip_config.json is missing"):
+        load_teacher(f"local-dir:{tmp_path / 'empty'}")
+    folder = tmp_path / "micro"
+    _save_open_clip_folder(teacher.model, folder)
+    (folder / "open_clip_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no weights file; put open_clip_model.safetensors or "
+                                                r"open_clip_pytorch_model.bin"):
+        load_teacher(f"local-dir:{folder}")
+    with pytest.raises(ValueError, match=r"teacher.pretrained='laion2b' is set, but teacher.model=local-dir:"):
+        load_teacher(f"local-dir:{folder}", "laion2b")
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty hub cache folder, with huggingface_hub in offline mode and pointed at it (the library reads
+    ``HF_HUB_OFFLINE``/``HF_HUB_CACHE`` at import, so its constants are patched as well as the environment)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def _add_to_hub_cache(cache, repo: str, model: torch.nn.Module, commit: str) -> None:
+    """Lay out ``repo`` at ``commit`` as huggingface_hub's cache does (snapshots/<commit>/ + refs/main)."""
+    repo_dir = cache / f"models--{repo.replace('/', '--')}"
+    _save_open_clip_folder(model, repo_dir / "snapshots" / commit)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+
+
+def test_hf_hub_teacher_resolves_from_the_cache_offline(tmp_path, teacher, offline_hub):
+    from zmdist.teacher.loading import teacher_fingerprint
+
+    _add_to_hub_cache(offline_hub, "zmdist/micro", teacher.model, "0123456789abcdef0123456789abcdef01234567")
+    hub = load_teacher("hf-hub:zmdist/micro", cache_dir=str(offline_hub))
+    _assert_same_weights(teacher.model, hub.model)
+    assert hub.tokenizer(["a photo of a dog."]).shape == (1, 12)
+    by_env = load_teacher("hf-hub:zmdist/micro")  # cache_dir empty: HF_HUB_CACHE
+    _assert_same_weights(teacher.model, by_env.model)
+    fingerprint = teacher_fingerprint("hf-hub:zmdist/micro", None, cache_dir=str(offline_hub))
+    assert fingerprint == teacher_fingerprint("hf-hub:zmdist/micro", None)
+    folder = tmp_path / "copy"
+    _save_open_clip_folder(teacher.model, folder)
+    local = teacher_fingerprint(f"local-dir:{folder}", None)
+    assert (fingerprint["architecture"], fingerprint["weights"]) == (local["architecture"], local["weights"])
+    with pytest.raises(FileNotFoundError, match=r"hf-hub:zmdist/absent: .*HF_HUB_OFFLINE=1"):
+        load_teacher("hf-hub:zmdist/absent", cache_dir=str(offline_hub))
+
+
+def test_local_dir_fingerprint_follows_the_file_contents_not_the_path(tmp_path, teacher):
+    from zmdist.teacher.loading import teacher_fingerprint
+
+    _save_open_clip_folder(teacher.model, tmp_path / "a")
+    _save_open_clip_folder(teacher.model, tmp_path / "moved")
+    _save_open_clip_folder(load_teacher("zmdist-micro-vit", seed=1).model, tmp_path / "other")
+    fingerprint = {d: teacher_fingerprint(f"local-dir:{tmp_path / d}", None) for d in ("a", "moved", "other")}
+    assert fingerprint["a"] == fingerprint["moved"]
+    assert fingerprint["a"]["weights"] != fingerprint["other"]["weights"]
+    assert fingerprint["a"]["architecture"] == fingerprint["other"]["architecture"]
+
+
+def test_slash_spelling_of_a_registered_name_gets_its_own_config_and_tokenizer(teacher):
+    """open_clip builds ``ViT-B/32`` as ``ViT-B-32`` but would tokenize it with the default 77-token tokenizer."""
+    slashed = load_teacher("zmdist/micro-vit")
+    assert slashed.name == "zmdist-micro-vit"
+    assert slashed.tokenizer(["a cat"]).shape == (1, 12)
+    _assert_same_weights(teacher.model, slashed.model)

@@ -93,9 +93,9 @@ def test_stage0_selects_on_a_training_holdout_never_on_test_images(digits, tmp_p
     calls: list[dict] = []
     real = train.stream_loader
 
-    def recording(shards, split, rank, world, batch, workers, sample, *, mode, seed, positions=None):
+    def recording(shards, split, rank, world, batch, workers, sample, *, mode, seed, positions=None, **kw):
         calls.append({"split": split, "mode": mode, "positions": positions})
-        return real(shards, split, rank, world, batch, workers, sample, mode=mode, seed=seed, positions=positions)
+        return real(shards, split, rank, world, batch, workers, sample, mode=mode, seed=seed, positions=positions, **kw)
 
     monkeypatch.setattr(train, "stream_loader", recording)
     res = train.run(_cfg(digits, *ZM, "steps=4", "holdout_fraction=0.1"), tmp_path / "zm")

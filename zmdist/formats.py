@@ -15,12 +15,15 @@ Pseudolabel sidecar (``zmdist pseudolabel``): ``keys``, ``labels`` (ground truth
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from zmdist.atomic import atomic_save_npz
+from zmdist.data.location import Location, is_remote, open_ref
 
 EMBEDDING_FIELDS = ("keys", "labels", "embeddings")
 PSEUDOLABEL_FIELDS = ("keys", "labels", "pseudolabel", "confidence", "margin", "entropy", "topk_classes", "topk_probs")
@@ -31,11 +34,17 @@ def sidecar_name(shard_name: str) -> str:
     return Path(shard_name).with_suffix(".npz").name
 
 
-def _load(path: Path, required: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
-    if not path.is_file():
+def _load(path: Path | str, required: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """Arrays of a local file, or of a remote one (a ``Location.ref``: URL or ``pipe:`` command, read whole)."""
+    if is_remote(path):
+        with open_ref(path) as handle:
+            source: Any = io.BytesIO(handle.read())
+    elif not Path(path).is_file():
         raise FileNotFoundError(f"{what} file {path} is missing")
+    else:
+        source = path
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(source, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"{what} file {path} is unreadable ({err}); delete it and rerun the stage") from err
@@ -59,7 +68,7 @@ class EmbeddingShard:
         atomic_save_npz(path, keys=self.keys, labels=self.labels, embeddings=self.embeddings)
 
     @classmethod
-    def load(cls, path: Path) -> "EmbeddingShard":
+    def load(cls, path: Path | str) -> "EmbeddingShard":
         return cls(**_load(path, EMBEDDING_FIELDS, "embedding"))
 
 
@@ -83,7 +92,7 @@ class PseudolabelShard:
         atomic_save_npz(path, **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> "PseudolabelShard":
+    def load(cls, path: Path | str) -> "PseudolabelShard":
         arrays = _load(path, PSEUDOLABEL_FIELDS, "pseudolabel")
         return cls(**{name: arrays[name] for name in (*PSEUDOLABEL_FIELDS, "probs") if name in arrays})
 
@@ -101,15 +110,15 @@ class PseudolabelStore:
     """Join samples to their pseudolabels by (shard, key), loading each sidecar once, on first use."""
 
     def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
+        self.folder = Location.parse(folder)  # a local folder, a URL or a pipe: template
+        if self.folder.is_local and not self.folder.path.is_dir():
             raise FileNotFoundError(f"pseudolabel folder {self.folder} does not exist: run `zmdist pseudolabel` first")
         self._shards: dict[str, PseudolabelShard] = {}
 
     def shard(self, shard_name: str) -> PseudolabelShard:
         if shard_name not in self._shards:
-            path = self.folder / sidecar_name(shard_name)
-            if not path.is_file():
+            path = self.folder.ref(sidecar_name(shard_name))
+            if self.folder.exists(sidecar_name(shard_name)) is False:
                 raise FileNotFoundError(
                     f"no pseudolabel sidecar for shard {shard_name} (expected {path}): rerun `zmdist pseudolabel`"
                 )

@@ -23,7 +23,8 @@ is not one class. Tar members have mtime 0, so rerunning on the same input gives
      "source": "imagefolder:/data/pets",           # the source spec it was made from
      "classes": ["cat", "dog"],                     # label i is classes[i]
      "image_format": "png",
-     "splits": {"train": {"shards": [{"name": "train-000000.tar", "count": 1000}, ...],
+     "splits": {"train": {"shards": [{"name": "train-000000.tar", "count": 1000,
+                                      "keys_sha256": "9f2c..."}, ...],  # sha256 of the keys, one per line
                           "total": 1234, "labelled": 1234},
                 "test": {...}},
      "skipped": [{"origin": "/data/pets/cat/x.jpg", "reason": "cannot decode image: ..."}],
@@ -35,12 +36,14 @@ Every input file is either a sample in some shard or an entry of ``skipped``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zmdist.atomic import atomic_write_text
+from zmdist.data.location import Location
 
 FORMAT = "zmdist-shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -55,6 +58,13 @@ class ManifestError(ValueError):
 class ShardInfo:
     name: str
     count: int
+    keys_sha256: str | None = None  # ``keys_digest`` of its keys in tar order (None: an older manifest)
+
+
+def keys_digest(keys: list[str]) -> str:
+    """sha256 of a shard's keys in tar order, one per line: the shard's identity for resume checks and for
+    matching sidecars, known without reading the tar (a remote shard would have to be streamed)."""
+    return hashlib.sha256("".join(f"{k}\n" for k in keys).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,12 @@ def _parse_split(name: str, raw: Any, where: Path) -> SplitInfo:
     _require(isinstance(shards_raw, list), where, f"splits.{name}.shards must be a list")
     shards = []
     for i, entry in enumerate(shards_raw):
-        ok = isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_count(entry.get("count"))
-        _require(ok, where, f"splits.{name}.shards[{i}] must be {{'name': str, 'count': int >= 0}}")
-        shards.append(ShardInfo(entry["name"], entry["count"]))
+        ok = (isinstance(entry, dict) and isinstance(entry.get("name"), str) and _is_count(entry.get("count"))
+              and isinstance(entry.get("keys_sha256", ""), str))
+        _require(ok, where, f"splits.{name}.shards[{i}] must be {{'name': str, 'count': int >= 0, 'keys_sha256': str}}")
+        _require("/" not in entry["name"] and entry["name"] not in ("", ".", ".."), where,
+                 f"splits.{name}.shards[{i}].name {entry['name']!r} must be a plain file name")
+        shards.append(ShardInfo(entry["name"], entry["count"], entry.get("keys_sha256")))
     total, labelled = raw.get("total"), raw.get("labelled")
     _require(_is_count(total) and _is_count(labelled), where, f"splits.{name}.total/labelled must be ints >= 0")
     counted = sum(s.count for s in shards)
@@ -92,7 +105,8 @@ def _parse_split(name: str, raw: Any, where: Path) -> SplitInfo:
 
 @dataclass
 class Manifest:
-    """Parsed ``manifest.json``; ``root`` is the folder it lives in (set by ``load``/``save``)."""
+    """Parsed ``manifest.json``; ``location`` is where it lives (set by ``load``/``save``): a local folder
+    (``root``) or a remote one (``zmdist.data.location``)."""
 
     source: str
     classes: list[str]
@@ -101,7 +115,12 @@ class Manifest:
     skipped: list[dict[str, str]] = field(default_factory=list)
     converted: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    root: Path | None = field(default=None, compare=False)
+    location: Location | None = field(default=None, compare=False)
+
+    @property
+    def root(self) -> Path | None:
+        """The local folder (None for a remote or unsaved manifest)."""
+        return self.location.path if self.location is not None and self.location.is_local else None
 
     @property
     def num_classes(self) -> int:
@@ -116,13 +135,14 @@ class Manifest:
     def counts(self, split: str) -> list[int]:
         return [s.count for s in self.split(split).shards]
 
-    def shard_paths(self, split: str) -> list[Path]:
-        if self.root is None:
+    def shard_paths(self, split: str) -> list[Path | str]:
+        """Each shard of ``split`` as readers open it: a local ``Path``, or a URL / ``pipe:`` command."""
+        if self.location is None:
             raise ValueError("manifest has no folder yet: call save(dir) or load it with Manifest.load(dir)")
-        return [self.root / s.name for s in self.split(split).shards]
+        return [self.location.ref(s.name) for s in self.split(split).shards]
 
     def _where(self) -> str:
-        return str(self.root / MANIFEST_NAME) if self.root else "the manifest"
+        return str(self.location.ref(MANIFEST_NAME)) if self.location else "the manifest"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,7 +152,8 @@ class Manifest:
             "image_format": self.image_format,
             "splits": {
                 name: {
-                    "shards": [{"name": s.name, "count": s.count} for s in info.shards],
+                    "shards": [{"name": s.name, "count": s.count}
+                               | ({"keys_sha256": s.keys_sha256} if s.keys_sha256 else {}) for s in info.shards],
                     "total": info.total,
                     "labelled": info.labelled,
                 }
@@ -145,18 +166,22 @@ class Manifest:
 
     def save(self, directory: Path | str) -> None:
         """Write ``manifest.json`` atomically (temp file + ``os.replace``): readers never see half of it."""
-        self.root = Path(directory)
-        atomic_write_text(self.root / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1) + "\n")
+        self.location = Location.parse(directory)
+        atomic_write_text(self.location.path / MANIFEST_NAME, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, directory: Path | str) -> "Manifest":
-        """Read and validate ``DIR/manifest.json``, including that every listed shard exists on disk."""
-        root = Path(directory)
-        path = root / MANIFEST_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {MANIFEST_NAME} in {root}: run `zmdist shard` first")
+        """Read and validate ``manifest.json`` of a shard location (a folder, URL or ``pipe:`` template),
+        including, for a local folder, that every listed shard exists (a remote shard is checked when read)."""
+        location = Location.parse(directory)
+        path = location.ref(MANIFEST_NAME)
+        if location.exists(MANIFEST_NAME) is False:
+            raise FileNotFoundError(f"no {MANIFEST_NAME} in {location}: run `zmdist shard` first")
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(location.read_bytes(MANIFEST_NAME))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"no readable {MANIFEST_NAME} at {location} ({err}): check the URL or command, "
+                                    "or run `zmdist shard` first") from err
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ManifestError(f"{path} is not valid JSON ({err}); re-run `zmdist shard` (with --overwrite)") from err
         _require(isinstance(raw, dict), path, "top level must be an object")
@@ -174,9 +199,9 @@ class Manifest:
         splits = {name: _parse_split(name, info, path) for name, info in splits_raw.items()}
         for info in splits.values():
             for shard in info.shards:
-                if not (root / shard.name).is_file():
+                if location.exists(shard.name) is False:
                     raise ManifestError(
-                        f"shard {shard.name} is listed in {path} but missing from {root}: copy it back or "
+                        f"shard {shard.name} is listed in {path} but missing from {location}: copy it back or "
                         "re-run `zmdist shard` (with --overwrite)"
                     )
         return cls(
@@ -187,5 +212,5 @@ class Manifest:
             skipped=list(raw.get("skipped", [])),
             converted=dict(raw.get("converted", {})),
             warnings=list(raw.get("warnings", [])),
-            root=root,
+            location=location,
         )

@@ -12,19 +12,18 @@ import io
 import json
 import random
 import re
-import sys
 from collections import Counter
 from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
-from tqdm import tqdm
 from webdataset import TarWriter
 
 from zmdist.atomic import TEMP_PREFIX, atomic_path
 from zmdist.data.images import DEFAULT_MAX_PIXELS, CorruptImageError, read_rgb
-from zmdist.data.manifest import IMAGE_FORMATS, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo
+from zmdist.data.manifest import IMAGE_FORMATS, MANIFEST_NAME, Manifest, ShardInfo, SplitInfo, keys_digest
 from zmdist.data.sources import Sample, Source, display_path, open_source
+from zmdist.progress import Progress
 
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 
@@ -68,14 +67,14 @@ def _write_split(records: Iterator[dict], out_dir: Path, split: str, shard_size:
     record = next(records, None)
     while record is not None:
         name = shard_name(split, len(shards))
-        count = 0
+        keys: list[str] = []
         # mtime 0 and PAX headers: reproducible bytes, and keys of any length.
         with atomic_path(out_dir / name) as tmp, TarWriter(str(tmp), encoder=False, mtime=0, format="PAX_FORMAT") as tar:
             for record in chain([record], islice(records, shard_size - 1)):
                 tar.write(record)
-                count += 1
+                keys.append(record["__key__"])
                 labelled += "cls" in record
-        shards.append(ShardInfo(name, count))
+        shards.append(ShardInfo(name, len(keys), keys_digest(keys)))
         record = next(records, None)
     return shards, labelled
 
@@ -135,8 +134,9 @@ def write_shards(
     for split in sorted(splits, key=lambda name: (name != "train", name)):
         samples = list(splits[split])
         random.Random(f"{seed}:{split}").shuffle(samples)
-        bar = tqdm(samples, desc=f"shard {split}", unit="img", file=sys.stderr, disable=not progress)
-        encoded = (_encode(s, image_format, jpeg_quality, converted, skipped, max_pixels, downscaled) for s in bar)
+        bar = Progress(len(samples), f"shard {split}", "img", enabled=progress)
+        encoded = (_encode(s, image_format, jpeg_quality, converted, skipped, max_pixels, downscaled)
+                   for s in bar.iterate(samples))
         shards, labelled = _write_split((r for r in encoded if r is not None), out_dir, split, shard_size)
         bar.close()
         total = sum(s.count for s in shards)

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 
 from zmdist.atomic import atomic_path
 from zmdist.data.sklearn_digits import DIGIT_CLASSNAMES, digits_array_to_image
+from zmdist.progress import Progress
 from zmdist.train.schedule import warmup_cosine
 
 # Bump when the corpus, the loss or the recipe changes in a way that changes the weights.
@@ -207,12 +207,7 @@ def pretrain_digit_teacher(
         )
         gen = torch.Generator().manual_seed(seed)
         schedule = warmup_cosine(max(1, round(WARMUP_FRACTION * steps)), steps)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, desc="pretrain digit teacher", file=sys.stderr, dynamic_ncols=True)
-        t_train = time.perf_counter()
+        bar = Progress(steps, "pretrain digit teacher", "step", enabled=progress)
         perm = torch.randperm(corpus_size, generator=gen)
         pos = 0
         losses: list[float] = []
@@ -242,13 +237,10 @@ def pretrain_digit_teacher(
             with torch.no_grad():
                 net.logit_scale.clamp_(0, math.log(100))
             losses.append(float(loss.detach()))
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0:
-                    rate = (step + 1) / max(1e-9, time.perf_counter() - t_train)
-                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", steps_s=f"{rate:.1f}")
-        if bar is not None:
-            bar.close()
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        bar.close()
         compact.write_back(full_embedding)
         net.token_embedding = full_embedding
     finally:

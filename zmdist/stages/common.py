@@ -16,7 +16,8 @@ import torch
 
 from zmdist.atomic import atomic_write_text
 from zmdist.config import option
-from zmdist.data.manifest import Manifest
+from zmdist.data.location import Location
+from zmdist.data.manifest import Manifest, keys_digest
 from zmdist.data.reader import assign_shards, shard_keys
 from zmdist.dist import DistInfo
 from zmdist.formats import sidecar_name
@@ -27,9 +28,13 @@ log = logging.getLogger("zmdist")
 
 @dataclass
 class TeacherConfig:
-    model: str = option("ViT-B-32", "open_clip model name (tiny offline ones: zmdist-tiny-vit, zmdist-micro-vit)")
-    pretrained: str = option("", "open_clip pretrained tag, or a local checkpoint path; empty = random weights")
+    model: str = option("ViT-B-32", "open_clip model name (tiny offline ones: zmdist-tiny-vit, zmdist-micro-vit), "
+                                    "hf-hub:org/repo, or local-dir:PATH (a folder with open_clip_config.json + weights)")
+    pretrained: str = option("", "open_clip pretrained tag, or a local checkpoint path; empty = random weights "
+                                 "(must be empty for hf-hub:/local-dir: models, which bring their weights)")
     model_config: str = option("", "extra open_clip model-config JSON file or folder to register first")
+    cache_dir: str = option("", "folder open_clip downloads tags and hf-hub: repos into and reads them from "
+                                "(offline: a pre-filled hub cache + HF_HUB_OFFLINE=1); empty = HF_HUB_CACHE")
 
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -59,8 +64,9 @@ class ShardJob:
     split: str
     name: str
     count: int
-    path: Path
+    path: Path | str  # local file, or a remote reference (URL / pipe: command)
     output: Path
+    keys_sha256: str | None = None  # from the manifest (None: an older manifest)
 
 
 def plan_shards(manifest: Manifest, splits: list[str], out: Path, info: DistInfo) -> tuple[list[ShardJob], list[ShardJob]]:
@@ -68,11 +74,12 @@ def plan_shards(manifest: Manifest, splits: list[str], out: Path, info: DistInfo
     balanced by sample count, identical on every rerun so a rerun finds its own finished files)."""
     unknown = [s for s in splits if s not in manifest.splits]
     if unknown:
-        raise ValueError(f"splits: {unknown} not in {manifest.root}/manifest.json (it has {sorted(manifest.splits)})")
+        raise ValueError(f"splits: {unknown} not in the manifest of {manifest.location} (it has {sorted(manifest.splits)})")
     jobs: list[ShardJob] = []
     for split in splits or sorted(manifest.splits):
         for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
-            jobs.append(ShardJob(len(jobs), split, shard.name, shard.count, path, out / sidecar_name(shard.name)))
+            jobs.append(ShardJob(len(jobs), split, shard.name, shard.count, path, out / sidecar_name(shard.name),
+                                 shard.keys_sha256))
     mine = assign_shards([j.count for j in jobs], info.worker_index, info.num_workers)
     return jobs, [jobs[i] for i in mine]
 
@@ -80,8 +87,9 @@ def plan_shards(manifest: Manifest, splits: list[str], out: Path, info: DistInfo
 # What each compared run-info entry is, and how to get such a change, for the refusal message.
 _WHAT_CHANGED = {
     "shards_fingerprint": "shards (the shard set was rebuilt or changed: other keys, counts or classes)",
-    "teacher_fingerprint": "teacher (another model, checkpoint file content, tag or random-weight seed)",
+    "teacher_fingerprint": "teacher (another model, config or weights file content, tag or random-weight seed)",
     "prompts_fingerprint": "prompts (other templates or class names)",
+    "jpeg_draft": "jpeg_draft (JPEGs decoded at reduced scale or in full)",
     "splits": "splits",
 }
 
@@ -114,16 +122,28 @@ def check_run_info(path: Path, compared: dict[str, Any], what: str, recorded: di
 
 def shards_fingerprint(jobs: list[ShardJob], classes: list[str]) -> str:
     """A content fingerprint of the shards ``jobs`` cover: class names, and per shard its split, name,
-    manifest count and keys in tar order, read from the tar headers only (no image is decoded; about one
-    header read per member). A set rebuilt with another seed puts other keys in each shard, so it differs;
-    the same set moved elsewhere matches. Also checks each tar's sample count against the manifest's and
-    refuses a mismatch (a manifest that undercounts a shard would silently lose samples)."""
+    manifest count and the digest of its keys in tar order. A set rebuilt with another seed puts other
+    keys in each shard, so it differs; the same set moved elsewhere (or served remotely) matches.
+
+    The key digests come from the manifest, written at shard time, so nothing is read from the tars
+    (a remote set would be streamed whole). A manifest of an older zmdist has none: then the keys are read
+    from the tar headers, and each tar's sample count is checked against the manifest's. (With digests
+    the count is checked where each shard is read; ``zmdist shard --verify`` checks a whole set.)"""
     parts: list[Any] = [list(classes)]
     for job in jobs:
-        keys = shard_keys(job.path)
-        check_count(job, len(keys))
-        parts.append([job.split, job.name, job.count, keys])
+        digest = job.keys_sha256
+        if digest is None:
+            keys = shard_keys(job.path)
+            check_count(job, len(keys))
+            digest = keys_digest(keys)
+        parts.append([job.split, job.name, job.count, digest])
     return hash_json(parts)
+
+
+def shards_spec(spec: str) -> str:
+    """A location as recorded in run-info files: local folders made absolute, URLs and pipes as given."""
+    location = Location.parse(spec)
+    return str(location.path.resolve()) if location.is_local else location.spec
 
 
 def check_count(job: ShardJob, found: int) -> None:

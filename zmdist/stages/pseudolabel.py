@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,18 +28,30 @@ import torch
 from zmdist import dist
 from zmdist.atomic import clean_temp_files
 from zmdist.config import option, to_dict
+from zmdist.data.location import Location
 from zmdist.data.manifest import Manifest
 from zmdist.formats import EmbeddingShard, PseudolabelShard, sidecar_name
 from zmdist.methods.pseudolabels import (
-    accuracy_at_thresholds,
-    expected_calibration_error,
+    bins_from_sums,
+    calibration_error,
     pseudolabel_stats,
-    reliability_bins,
+    reliability_sums,
+    threshold_counts,
+    thresholds_from_counts,
     zero_shot_probs,
 )
 from zmdist.plots import reliability_diagram
+from zmdist.progress import Progress
 from zmdist.provenance import hash_json, provenance, write_run_files
-from zmdist.stages.common import ShardJob, WorkerLock, check_run_info, plan_shards, resolve_device
+from zmdist.stages.common import (
+    ShardJob,
+    WorkerLock,
+    check_run_info,
+    plan_shards,
+    resolve_device,
+    shards_fingerprint,
+    shards_spec,
+)
 from zmdist.stages.embed import INFO_FILE as EMBED_INFO_FILE
 from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher
 from zmdist.teacher.loading import teacher_fingerprint
@@ -51,7 +64,10 @@ log = logging.getLogger("zmdist")
 
 @dataclass
 class Config:
-    embeddings: str = option(help="output folder of `zmdist embed` (the teacher and shards are read from it)")
+    embeddings: str = option(help="output of `zmdist embed`: a folder, URL or pipe: template (the teacher and "
+                                  "shards are read from its embed_info.json)")
+    shards: str = option("", "where the shards are now (folder, URL or pipe: template); empty = where `embed` "
+                              "read them. Must be the same shard set (checked by fingerprint)")
     templates: str | list[str] = option("simple", "template set name (simple, imagenet7, digits, ...) or a list")
     classnames: list[str] = option(factory=list, help="names used in prompts, in class order; empty = manifest's")
     topk: int = option(5, "how many top classes (with probabilities) to store per sample", min=1)
@@ -61,6 +77,7 @@ class Config:
     device: str = option("auto", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
     task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID", min=0)
     num_tasks: int | None = option(None, "number of job-array tasks; default from SLURM_ARRAY_TASK_COUNT", min=1)
+    progress: bool = option(True, "show shards labelled, shards/s and ETA (rank 0)")
 
 
 def prompt_names(classes: list[str]) -> list[str]:
@@ -72,12 +89,11 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     info = dist.detect(cfg.task_index, cfg.num_tasks)
     dist.init_distributed(info)
     device = resolve_device(cfg.device, info)
-    emb_dir = Path(cfg.embeddings)
-    emb_info_path = emb_dir / EMBED_INFO_FILE
-    if not emb_info_path.is_file():
+    emb_dir = Location.parse(cfg.embeddings)
+    if emb_dir.exists(EMBED_INFO_FILE) is False:
         raise FileNotFoundError(f"embeddings={emb_dir} has no {EMBED_INFO_FILE}: run `zmdist embed` first")
-    emb_info = json.loads(emb_info_path.read_text())
-    manifest = Manifest.load(emb_info["shards"])
+    emb_info = json.loads(emb_dir.read_bytes(EMBED_INFO_FILE))
+    manifest = Manifest.load(cfg.shards or emb_info["shards"])
     classnames = cfg.classnames or prompt_names(manifest.classes)
     if len(classnames) != len(manifest.classes):
         raise ValueError(f"classnames: {len(classnames)} names given, the manifest has {len(manifest.classes)} classes")
@@ -85,12 +101,17 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     teacher_cfg = emb_info["teacher"]
     seed = int(emb_info.get("seed", 0))
     teacher = load_teacher(teacher_cfg["model"], teacher_cfg["pretrained"] or None, device=device,
-                           model_config=teacher_cfg.get("model_config") or None, seed=seed)
+                           model_config=teacher_cfg.get("model_config") or None, seed=seed,
+                           cache_dir=teacher_cfg.get("cache_dir") or None)
     classifier = build_zeroshot_classifier(teacher.model, teacher.tokenizer, classnames, templates, device=device)
     out.mkdir(parents=True, exist_ok=True)
     all_jobs, mine = plan_shards(manifest, emb_info["splits"], out, info)
+    if cfg.shards and shards_fingerprint(all_jobs, manifest.classes) != emb_info.get("shards_fingerprint"):
+        raise ValueError(f"shards={cfg.shards} is not the shard set {emb_dir} was embedded from (other keys, counts "
+                         f"or classes; embed read {emb_info['shards']})")
     if info.is_main:
-        teacher_fp = teacher_fingerprint(teacher_cfg["model"], teacher_cfg["pretrained"] or None, seed)
+        teacher_fp = teacher_fingerprint(teacher_cfg["model"], teacher_cfg["pretrained"] or None, seed,
+                                         cache_dir=teacher_cfg.get("cache_dir") or None)
         embedded_by = emb_info.get("teacher_fingerprint")
         if embedded_by is not None and embedded_by != teacher_fp:
             raise ValueError(
@@ -105,7 +126,8 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
             "prompts_fingerprint": hash_json({"classnames": classnames, "templates": templates}),
             "topk": cfg.topk,
         }, "pseudolabels", recorded={
-            "embeddings": str(emb_dir.resolve()), "shards": emb_info["shards"], "teacher": teacher_cfg,
+            "embeddings": shards_spec(cfg.embeddings), "shards": shards_spec(cfg.shards or emb_info["shards"]),
+            "teacher": teacher_cfg,
             "seed": seed, "classnames": classnames, "templates": templates,
         })
         np.save(out / "classifier.npy", classifier.cpu().numpy())
@@ -116,17 +138,21 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def _run_locked(cfg: Config, out: Path, info: dist.DistInfo, manifest: Manifest, all_jobs: list[ShardJob],
-                mine: list[ShardJob], emb_dir: Path, classifier: torch.Tensor, teacher, device: torch.device,
+                mine: list[ShardJob], emb_dir: Location, classifier: torch.Tensor, teacher, device: torch.device,
                 classnames: list[str], templates: list[str]) -> dict[str, Any]:
     clean_temp_files(j.output for j in mine)
-    written = 0
-    for job in mine:
-        if not job.output.is_file():
+    todo = [j for j in mine if not j.output.is_file()]
+    with Progress(len(mine), "pseudolabel", "shard", enabled=cfg.progress and info.is_main,
+                  initial=len(mine) - len(todo)) as bar:
+        start = time.perf_counter()
+        for job in todo:
             _label_shard(job, emb_dir, classifier, teacher.logit_scale, cfg, device)
-            written += 1
-    per_rank = dist.all_gather_objects(written)
+            bar.update(1)
+    per_rank = dist.all_gather_objects((len(todo), time.perf_counter() - start))
     dist.barrier()
-    results: dict[str, Any] = {"stage": NAME, "world_size": info.world_size, "sidecars_written": sum(per_rank)}
+    results: dict[str, Any] = {"stage": NAME, "world_size": info.world_size,
+                               "sidecars_written": sum(n for n, _ in per_rank),
+                               "label_seconds": max(s for _, s in per_rank)}  # the slowest rank's labelling loop
     done = all(j.output.is_file() for j in all_jobs)
     if info.is_main and done:
         results.update(summarise(all_jobs, manifest.classes, cfg, out))
@@ -138,12 +164,12 @@ def _run_locked(cfg: Config, out: Path, info: dist.DistInfo, manifest: Manifest,
 
 
 @torch.inference_mode()
-def _label_shard(job: ShardJob, emb_dir: Path, classifier: torch.Tensor, scale: float, cfg: Config,
+def _label_shard(job: ShardJob, emb_dir: Location, classifier: torch.Tensor, scale: float, cfg: Config,
                  device: torch.device) -> None:
-    path = emb_dir / sidecar_name(job.name)
-    if not path.is_file():
-        raise FileNotFoundError(f"shard {job.name} has no embedding file {path}: finish `zmdist embed` first")
-    emb = EmbeddingShard.load(path)
+    name = sidecar_name(job.name)
+    if emb_dir.exists(name) is False:
+        raise FileNotFoundError(f"shard {job.name} has no embedding file {emb_dir.ref(name)}: finish `zmdist embed` first")
+    emb = EmbeddingShard.load(emb_dir.ref(name))
     probs = zero_shot_probs(torch.from_numpy(emb.embeddings).to(device), classifier, scale)
     stats = pseudolabel_stats(probs, cfg.topk)
     keep_full = probs.shape[1] <= cfg.full_probs_max_classes
@@ -161,36 +187,45 @@ def _label_shard(job: ShardJob, emb_dir: Path, classifier: torch.Tensor, scale: 
 
 
 def summarise(jobs: list[ShardJob], classes: list[str], cfg: Config, out: Path) -> dict[str, Any]:
-    """Histograms and, for labelled samples, accuracy, accuracy at thresholds, ECE and the diagram."""
-    shards = [(j.split, PseudolabelShard.load(j.output)) for j in jobs]
-    split_of = np.concatenate([np.full(len(s.keys), split) for split, s in shards])
-    pl = np.concatenate([s.pseudolabel for _, s in shards])
-    conf = np.concatenate([s.confidence for _, s in shards])
-    labels = np.concatenate([s.labels for _, s in shards])
-    counts = np.bincount(pl, minlength=len(classes))
+    """Histograms and, for labelled samples, accuracy, accuracy at thresholds, ECE and the diagram.
+
+    Sidecars are read one at a time into additive counts (bins, threshold counts, histograms), so memory
+    stays that of one shard however many there are."""
+    n_classes = len(classes)
+    pl_counts = np.zeros(n_classes, np.int64)
+    conf_counts = np.zeros(10, np.int64)
+    conf_sum, samples, labelled = 0.0, 0, 0
+    bins = np.zeros((3, cfg.ece_bins))
+    at_thresholds = np.zeros((2, len(cfg.thresholds)), np.int64)
+    per_split: dict[str, list[int]] = {}  # split -> [correct, labelled]
+    for job in jobs:
+        side = PseudolabelShard.load(job.output)
+        pl_counts += np.bincount(side.pseudolabel, minlength=n_classes)[:n_classes]
+        conf_counts += np.histogram(side.confidence, bins=10, range=(0, 1))[0]
+        conf_sum, samples = conf_sum + float(side.confidence.astype(np.float64).sum()), samples + len(side.keys)
+        has_gt = side.labels >= 0
+        if has_gt.any():
+            correct = side.pseudolabel[has_gt] == side.labels[has_gt]
+            bins += reliability_sums(side.confidence[has_gt], correct, cfg.ece_bins)
+            at_thresholds += threshold_counts(side.confidence[has_gt], correct, cfg.thresholds)
+            split = per_split.setdefault(job.split, [0, 0])
+            split[0], split[1] = split[0] + int(correct.sum()), split[1] + int(has_gt.sum())
+            labelled += int(has_gt.sum())
     results: dict[str, Any] = {
-        "samples": int(len(pl)),
-        "pseudolabel_histogram": {c: int(n) for c, n in zip(classes, counts)},
-        "confidence_histogram": {
-            "edges": np.linspace(0, 1, 11).round(2).tolist(),
-            "counts": np.histogram(conf, bins=10, range=(0, 1))[0].tolist(),
-        },
-        "mean_confidence": float(conf.mean()) if len(conf) else None,
-        "labelled_samples": int((labels >= 0).sum()),
+        "samples": samples,
+        "pseudolabel_histogram": {c: int(n) for c, n in zip(classes, pl_counts)},
+        "confidence_histogram": {"edges": np.linspace(0, 1, 11).round(2).tolist(), "counts": conf_counts.tolist()},
+        "mean_confidence": conf_sum / samples if samples else None,
+        "labelled_samples": labelled,
     }
-    has_gt = labels >= 0
-    if has_gt.any():
-        correct = pl[has_gt] == labels[has_gt]
-        bins = reliability_bins(conf[has_gt], correct, cfg.ece_bins)
-        ece = expected_calibration_error(conf[has_gt], correct, cfg.ece_bins)
+    if labelled:
+        reliability = bins_from_sums(bins)
+        ece = calibration_error(reliability)
         results.update(
-            teacher_zero_shot_accuracy=float(correct.mean()),
-            zero_shot_accuracy_per_split={
-                split: float((pl[m] == labels[m]).mean())
-                for split in sorted(set(split_of)) for m in [(split_of == split) & has_gt] if m.any()
-            },
-            accuracy_at_thresholds=accuracy_at_thresholds(conf[has_gt], correct, cfg.thresholds),
+            teacher_zero_shot_accuracy=sum(c for c, _ in per_split.values()) / labelled,
+            zero_shot_accuracy_per_split={split: c / n for split, (c, n) in sorted(per_split.items())},
+            accuracy_at_thresholds=thresholds_from_counts(at_thresholds, labelled, cfg.thresholds),
             ece=ece,
-            reliability_diagram=str(reliability_diagram(bins, ece, out / "reliability.png", "zero-shot")),
+            reliability_diagram=str(reliability_diagram(reliability, ece, out / "reliability.png", "zero-shot")),
         )
     return results

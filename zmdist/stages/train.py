@@ -41,6 +41,7 @@ from zmdist.train.data import (
 )
 from zmdist.train.engine import Engine, EngineConfig, EngineHooks, TrainData
 from zmdist.train.evaluation import Evaluator
+from zmdist.train.run_log import WandbRun, require_wandb
 
 NAME = "train"
 HELP = "train a student: supervised, pseudolabel, distill, fixmatch, adamatch or zeromatch (method.name=...)"
@@ -49,9 +50,26 @@ EVAL_BATCH = 256
 
 
 @dataclass
+class LogConfig:
+    """Where a run's numbers go besides ``log.jsonl`` and TensorBoard (both always written)."""
+
+    wandb: bool = option(False, "also log to Weights & Biases (needs `pip install wandb`)")
+    wandb_project: str = option("zmdist", "W&B project")
+    wandb_mode: Literal["online", "offline", "disabled"] | None = option(
+        None, "online, offline (no network; upload later with `wandb sync OUT/wandb/offline-run-*`) or disabled; "
+              "null: $WANDB_MODE, else online")
+
+
+@dataclass
 class Config:
-    shards: str = option(help="folder with manifest.json and tar shards (zmdist shard)")
-    pseudolabels: str = option("", "folder of pseudolabel sidecars (zmdist pseudolabel); needed by all but supervised")
+    shards: str = option(help="shards of `zmdist shard`: a folder, a URL (https://, s3://, gs://) or a pipe: "
+                              "template with {name}")
+    pseudolabels: str = option("", "pseudolabel sidecars of `zmdist pseudolabel` (folder, URL or pipe: template); "
+                                   "needed by all but supervised")
+    shard_access: Literal["auto", "random", "stream"] = option(
+        "auto", "read shards by seeking (random; local only) or as streams with a shuffle buffer (stream); "
+                "auto = stream for remote shards")
+    shuffle_buffer: int = option(1000, "samples in a stream's shuffle buffer (shard_access=stream)", min=1)
     method: Any = choice(METHODS, "zeromatch", "training method; its options are method.<option>")
     backend: Any = choice(BACKENDS, "accelerate", "accelerate (DDP) or deepspeed (ZeRO); options backend.<option>")
     student: str = option("cnn-small", "student: a registered name (cnn-small, cnn-tiny), timm:NAME or torchvision:NAME")
@@ -85,6 +103,7 @@ class Config:
     resume: Literal["auto", "never"] = option("auto", "continue from OUT's latest checkpoint if there is one")
     seed: int = option(0, "seed of the labelled subset, hold-out, initialisation and augmentations")
     progress: bool = option(True, "progress bar on rank 0")
+    log: LogConfig = option(factory=LogConfig, help="extra metric loggers: log.wandb=true, log.wandb_project=...")
 
 
 @dataclass
@@ -104,19 +123,22 @@ def _evaluation(cfg: Config, phase: Phase, shared: _Shared, views) -> tuple[Eval
     sample = StreamSample(views, cfg.seed, shared.store, num_classes, strong=False, eval_view=True)
     if phase.selection == "top1":
         _, loader = stream_loader(cfg.shards, cfg.eval_split, info.rank, info.world_size, EVAL_BATCH, cfg.num_workers,
-                                  sample, mode="eval", seed=cfg.seed)
+                                  sample, mode="eval", seed=cfg.seed, access=cfg.shard_access,
+                                  shuffle_buffer=cfg.shuffle_buffer)
         return (Evaluator(loader, num_classes, name=cfg.eval_split),
                 f"top-1 on split {cfg.eval_split!r} (USB's convention: selection sees those labels; "
                 "the headline is the final model)", None)
     if "val" in shared.manifest.splits and cfg.train_split != "val":
         _, loader = stream_loader(cfg.shards, "val", info.rank, info.world_size, EVAL_BATCH, cfg.num_workers,
-                                  sample, mode="eval", seed=cfg.seed)
+                                  sample, mode="eval", seed=cfg.seed, access=cfg.shard_access,
+                                  shuffle_buffer=cfg.shuffle_buffer)
         return (Evaluator(loader, num_classes, ground_truth=False, name="val"),
                 f"agreement with the teacher's pseudolabels on split 'val' ({shared.manifest.split('val').total} "
                 "images; no labels)", None)
     holdout = split_holdout(shared.manifest.counts(cfg.train_split), cfg.holdout_fraction, cfg.seed)
     _, loader = stream_loader(cfg.shards, cfg.train_split, info.rank, info.world_size, EVAL_BATCH, cfg.num_workers,
-                              sample, mode="eval", seed=cfg.seed, positions=holdout.hold)
+                              sample, mode="eval", seed=cfg.seed, positions=holdout.hold, access=cfg.shard_access,
+                              shuffle_buffer=cfg.shuffle_buffer)
     total = shared.manifest.split(cfg.train_split).total
     return (Evaluator(loader, num_classes, ground_truth=False, name="holdout"),
             f"agreement with the teacher's pseudolabels on a hold-out of {holdout.size} of the {total} images of "
@@ -124,8 +146,18 @@ def _evaluation(cfg: Config, phase: Phase, shared: _Shared, views) -> tuple[Eval
             "not trained on in this phase)", holdout.keep)
 
 
+def _wandb_run(cfg: Config, out: Path, phase: Phase) -> WandbRun | None:
+    """W&B settings of one phase of the run in ``out`` (None unless ``log.wandb=true``): named after the run
+    folder, so runs are found by the folder that holds their files; phases are grouped under it."""
+    if not cfg.log.wandb:
+        return None
+    run_name = out.resolve().name
+    return WandbRun(project=cfg.log.wandb_project, name=f"{run_name}/{phase.name}" if phase.name else run_name,
+                    group=run_name, job_type=phase.name or "train", mode=cfg.log.wandb_mode, config=to_dict(cfg))
+
+
 def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path | None,
-               hooks: EngineHooks | None) -> dict[str, Any]:
+               hooks: EngineHooks | None, wandb: WandbRun | None) -> dict[str, Any]:
     """Build data, model, backend and engine for one phase and fit it."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -150,7 +182,8 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
         sample = StreamSample(views, cfg.seed, shared.store, num_classes, strong=algorithm.needs.strong)
         ubatch = per_rank * (cfg.uratio if algorithm.needs.labelled else 1)
         stream = stream_loader(cfg.shards, cfg.train_split, info.rank, info.world_size, ubatch, cfg.num_workers,
-                               sample, mode="train", seed=cfg.seed, positions=train_positions)
+                               sample, mode="train", seed=cfg.seed, positions=train_positions, access=cfg.shard_access,
+                               shuffle_buffer=cfg.shuffle_buffer)
     model: torch.nn.Module = create_student(cfg.student, num_classes)
     if init is not None:
         model.load_state_dict(load_file(str(init)))
@@ -162,7 +195,7 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
         warmup_steps=min(cfg.warmup_steps, phase.steps // 2), eval_every=cfg.eval_every, log_every=cfg.log_every,
         checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
         select_metric="top1" if phase.selection == "top1" else "pseudolabel_agreement", early_stop=phase.early_stop,
-        progress=cfg.progress,
+        progress=cfg.progress, wandb=wandb,
     )
     log.info("train[%s %s]: %s, %d steps, %s backend, world %d, per-process batch %d; best weights by %s",
              cfg.method.name, phase.name or "-", cfg.student, phase.steps, cfg.backend.name, backend.world_size,
@@ -197,13 +230,16 @@ def _shared(cfg: Config, manifest: Manifest, phases: list[Phase]) -> _Shared:
 
 def run(cfg: Config, out: Path, hooks: EngineHooks | None = None) -> dict[str, Any]:
     """Run the method's phases in order; ``hooks`` are passed to every phase's engine (tests)."""
+    if cfg.log.wandb:
+        require_wandb()
     manifest = Manifest.load(cfg.shards)
     phases = cfg.method.phases(PlanContext(num_classes=len(manifest.classes), steps=cfg.steps))
     shared = _shared(cfg, manifest, phases)
     phase_results: dict[str, dict[str, Any]] = {}
     for phase in phases:
         init = out / phase.init_from / "best.safetensors" if phase.init_from else None
-        phase_results[phase.name or "main"] = _run_phase(cfg, phase, out / phase.name, shared, init, hooks)
+        phase_results[phase.name or "main"] = _run_phase(cfg, phase, out / phase.name, shared, init, hooks,
+                                                         _wandb_run(cfg, out, phase))
     last = list(phase_results.values())[-1]
     final = last["final"]
     results = {

@@ -1,8 +1,10 @@
-"""Load any open_clip model by name, with pretrained weights from a tag or a local checkpoint.
+"""Load any open_clip model by any name open_clip accepts, with the weights that name implies.
 
-The same code path serves real weights on a user's cluster (``pretrained="laion2b_s34b_b79k"`` or
-``pretrained="/ckpt/ViT-B-32.safetensors"``) and the tiny configs shipped in
-``zmdist/teacher/model_configs`` that tests and the embedded default use offline.
+Names are a registered model name with ``pretrained`` an open_clip tag or a local checkpoint file,
+``hf-hub:org/repo`` (config and weights from the Hugging Face hub or its cache), or ``local-dir:PATH``
+(a folder with ``open_clip_config.json`` and the weights). The same code path serves real weights on a
+user's cluster and the tiny configs shipped in ``zmdist/teacher/model_configs`` that tests and the
+embedded default use offline.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ class Teacher:
         return float(self.model.logit_scale.exp().item())
 
     @property
+    def input_size(self) -> int:
+        """The longer side of the image tower's input (what ``preprocess`` resizes and crops to)."""
+        size = getattr(self.model.visual, "image_size", 224)
+        return int(max(size) if isinstance(size, (tuple, list)) else size)
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -58,16 +66,20 @@ def load_teacher(
     *,
     device: str | torch.device = "cpu",
     model_config: str | None = None,
+    cache_dir: str | None = None,
     seed: int = 0,
 ) -> Teacher:
     """Build the open_clip model ``name`` in eval mode.
 
-    ``pretrained`` is an open_clip tag (downloads on a machine with hub access), a path to a local
-    checkpoint (``.pt``/``.bin`` loaded with ``weights_only=True`` by open_clip, or ``.safetensors``), or
-    None for random weights. ``model_config`` is an extra JSON file or folder of configs to register
-    first, for models open_clip does not ship. Random weights are drawn from ``seed`` (torch's global RNG
-    is seeded right before the model is built, inside ``fork_rng`` so the caller's RNG is left as it was):
-    every rank, array task and rerun of a run gets the same random teacher.
+    ``name`` is a registered open_clip model name, ``hf-hub:org/repo`` or ``local-dir:PATH`` (those two
+    bring their own weights, so ``pretrained`` must be empty). For a registered name, ``pretrained`` is an
+    open_clip tag (downloads on a machine with hub access), a path to a local checkpoint (``.pt``/``.bin``
+    loaded with ``weights_only=True`` by open_clip, or ``.safetensors``), or None for random weights.
+    ``model_config`` is an extra JSON file or folder of configs to register first, for models open_clip does
+    not ship. ``cache_dir`` is where open_clip downloads and looks up tags and hub repos (None: the hub's
+    default, ``HF_HUB_CACHE``). Random weights are drawn from ``seed`` (torch's global RNG is seeded right
+    before the model is built, inside ``fork_rng`` so the caller's RNG is left as it was): every rank,
+    array task and rerun of a run gets the same random teacher.
     """
     import open_clip
 
@@ -76,31 +88,60 @@ def load_teacher(
         if not Path(model_config).exists():
             raise FileNotFoundError(f"teacher.model_config: {model_config} does not exist")
         register_model_configs(model_config)
-    if name not in open_clip.list_models():
+    name = _canonical_name(name)
+    if _schema(name) is None:
+        _check_registered(name, pretrained)
+    elif pretrained:
+        raise ValueError(f"teacher.pretrained={pretrained!r} is set, but teacher.model={name} brings its own "
+                         "weights: leave teacher.pretrained empty")
+    else:
+        teacher_files(name, cache_dir)  # our errors (which file is missing, how to fill the cache) before open_clip's
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # random weights (and anything a checkpoint leaves unset) follow the seed
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained or None, device=device, cache_dir=cache_dir
+        )
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    return Teacher(name=name, pretrained=pretrained, model=model, preprocess=preprocess, tokenizer=tokenizer)
+
+
+def _schema(name: str) -> str | None:
+    """``"hf-hub"``, ``"local-dir"`` or None (a registered model name), by open_clip's own parser."""
+    from open_clip.factory import parse_model_name
+
+    return parse_model_name(name)[0]
+
+
+def _canonical_name(name: str) -> str:
+    """One spelling of a registered name: open_clip's ``create_model`` reads ``ViT-B/32`` as ``ViT-B-32``, but
+    its ``get_tokenizer`` and ``get_model_config`` do not (they would give a default tokenizer, no config)."""
+    return name if _schema(name) else name.replace("/", "-")
+
+
+def _check_registered(name: str, pretrained: str | None) -> None:
+    """Refuse an unknown model name (suggesting close ones), a missing checkpoint file, or a checkpoint of
+    another architecture, with messages that name the option, before open_clip fails less clearly."""
+    import open_clip
+
+    if open_clip.get_model_config(name) is None:
         import difflib
 
         close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(
             f"teacher.model: unknown open_clip model {name!r}.{hint} "
-            "Add a JSON config with teacher.model_config=PATH for custom architectures."
+            "Add a JSON config with teacher.model_config=PATH for custom architectures, or use "
+            "hf-hub:org/repo or local-dir:PATH for a model that comes with its open_clip_config.json."
         )
-    if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
-        if not Path(pretrained).is_file():
-            raise FileNotFoundError(
-                f"teacher.pretrained: checkpoint {pretrained} does not exist "
-                "(give an open_clip tag, a local checkpoint file, or leave it empty for random weights)"
-            )
-    if is_checkpoint_path(pretrained):
-        check_checkpoint_architecture(name, Path(pretrained))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # random weights (and anything a checkpoint leaves unset) follow the seed
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained or None, device=device
+    if not is_checkpoint_path(pretrained):
+        return
+    if not Path(pretrained).is_file():
+        raise FileNotFoundError(
+            f"teacher.pretrained: checkpoint {pretrained} does not exist "
+            "(give an open_clip tag, a local checkpoint file, or leave it empty for random weights)"
         )
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(name)
-    return Teacher(name=name, pretrained=pretrained, model=model, preprocess=preprocess, tokenizer=tokenizer)
+    check_checkpoint_architecture(name, Path(pretrained))
 
 
 def is_checkpoint_path(pretrained: str | None) -> bool:
@@ -109,16 +150,79 @@ def is_checkpoint_path(pretrained: str | None) -> bool:
                                  or Path(pretrained).is_file())
 
 
-def teacher_fingerprint(name: str, pretrained: str | None, seed: int = 0) -> dict[str, str]:
+def teacher_files(name: str, cache_dir: str | None = None) -> tuple[Path, Path] | None:
+    """The config JSON and weights file of an ``hf-hub:`` or ``local-dir:`` teacher, None for a registered
+    name. Found by open_clip's own rules (the same lookup ``create_model`` makes), so what the fingerprint
+    hashes is what open_clip loads. A hub repo is read from the cache when it is there (offline with
+    ``HF_HUB_OFFLINE=1``) and downloaded otherwise."""
+    from open_clip.factory import parse_model_name
+
+    schema, identifier = parse_model_name(name)
+    if schema == "local-dir":
+        return _local_dir_files(Path(identifier))
+    if schema == "hf-hub":
+        return _hub_files(identifier, cache_dir)
+    return None
+
+
+def _local_dir_files(folder: Path) -> tuple[Path, Path]:
+    """``folder``'s config and weights; open_clip would build a random model from a folder without weights."""
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+    from open_clip.factory import _find_checkpoint_in_dir  # open_clip's pick among several weight files
+
+    option = f"teacher.model=local-dir:{folder}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option}: folder {folder} does not exist")
+    config = folder / HF_CONFIG_NAME
+    if not config.is_file():
+        raise FileNotFoundError(f"{option}: {config} is missing; the folder needs {HF_CONFIG_NAME} "
+                                '({"model_cfg": ..., "preprocess_cfg": ...}, as open_clip writes it) next to the weights')
+    weights = _find_checkpoint_in_dir(folder)
+    if weights is None:
+        raise FileNotFoundError(f"{option}: {folder} has no weights file; put {HF_SAFE_WEIGHTS_NAME} or "
+                                f"{HF_WEIGHTS_NAME} next to {HF_CONFIG_NAME}")
+    return config, Path(weights)
+
+
+def _hub_files(repo: str, cache_dir: str | None) -> tuple[Path, Path]:
+    """The hub repo's config and weights (safetensors preferred, as open_clip does), from the cache or the hub.
+    open_clip would go on with random weights when only the weights are missing; we refuse."""
+    from open_clip.constants import HF_CONFIG_NAME
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    try:
+        config = download_pretrained_from_hf(repo, filename=HF_CONFIG_NAME, cache_dir=cache_dir)
+        weights = download_pretrained_from_hf(repo, cache_dir=cache_dir)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"teacher.model=hf-hub:{repo}: {err}. Without hub access, download the repo once where there is "
+            f"(`hf download {repo} --cache-dir DIR`) and run with HF_HUB_OFFLINE=1 and teacher.cache_dir=DIR "
+            "(or leave teacher.cache_dir empty and use the default HF_HUB_CACHE on both machines)"
+        ) from err
+    return Path(config), Path(weights)
+
+
+def teacher_fingerprint(name: str, pretrained: str | None, seed: int = 0, *,
+                        cache_dir: str | None = None) -> dict[str, str]:
     """What makes the teacher's outputs what they are, independent of where files live: the model's
-    architecture (a hash of open_clip's config for ``name``, so a custom ``model_config`` counts) and its
-    weights: the sha256 of the checkpoint's bytes for a local file (a moved file matches, an overwritten
-    one does not), the tag for an open_clip tag, the seed for random weights. Call after ``load_teacher``
-    (which registers the configs)."""
+    architecture and its weights. For a registered name: a hash of open_clip's config (so a custom
+    ``model_config`` counts) and the sha256 of the checkpoint's bytes for a local file (a moved file
+    matches, an overwritten one does not), the tag for an open_clip tag, the seed for random weights. For
+    ``hf-hub:``/``local-dir:``: a hash of the ``open_clip_config.json`` content (model and preprocessing)
+    and the sha256 of the weights file open_clip loads, so the same files match whichever hub revision or
+    folder path they came from (a moved folder resumes; a README-only hub commit does not refuse). Call after
+    ``load_teacher`` (which registers the configs and checks the files exist)."""
     import open_clip
 
-    from zmdist.provenance import hash_file, hash_strings
+    from zmdist.provenance import hash_file, hash_json, hash_strings
 
+    name = _canonical_name(name)
+    files = teacher_files(name, cache_dir)
+    if files is not None:
+        config, weights = files
+        return {"model": name if _schema(name) == "hf-hub" else "local-dir",
+                "architecture": hash_json(json.loads(config.read_text())),
+                "weights": f"file sha256:{hash_file(weights)}"}
     config = open_clip.get_model_config(name)
     arch = hash_strings([json.dumps(config, sort_keys=True, default=str)]) if config is not None else "unknown"
     if is_checkpoint_path(pretrained):

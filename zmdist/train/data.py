@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from zmdist.data.manifest import Manifest
+from zmdist.data.manifest import Manifest, keys_digest
 from zmdist.data.reader import ShardDataset, iter_shard, make_loader, shard_keys
 from zmdist.formats import PseudolabelShard, PseudolabelStore
 from zmdist.train.augment import Views
@@ -57,12 +57,16 @@ def pseudolabel_targets(sidecar: PseudolabelShard, row: int, num_classes: int) -
 
 def load_sidecars(pl_dir: str | Path, manifest: Manifest, splits: list[str]) -> PseudolabelStore:
     """Load every sidecar of ``splits`` once and check it against its shard before training starts (not
-    at the step that first meets the problem): present, readable, and holding exactly the shard's keys
-    (read from the tar headers; no image is decoded)."""
+    at the step that first meets the problem): present, readable, and holding exactly the shard's keys in
+    its order (compared with the manifest's key digest; an older manifest without one, or a mismatch to
+    explain, reads the keys from the tar headers; no image is decoded)."""
     store = PseudolabelStore(pl_dir)
     for split in dict.fromkeys(splits):
         for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
-            have = set(store.shard(shard.name).keys.tolist())
+            keys = store.shard(shard.name).keys.tolist()
+            if shard.keys_sha256 is not None and keys_digest(keys) == shard.keys_sha256:
+                continue
+            have = set(keys)
             want = shard_keys(path)
             missing = [k for k in want if k not in have]
             if missing or len(have) != len(want):
@@ -107,10 +111,11 @@ class StreamSample:
 
 
 def stream_loader(shards: str | Path, split: str, rank: int, world: int, batch_size: int, num_workers: int,
-                  sample: StreamSample, *, mode: str, seed: int,
-                  positions: list[np.ndarray] | None = None) -> tuple[ShardDataset, DataLoader]:
+                  sample: StreamSample, *, mode: str, seed: int, positions: list[np.ndarray] | None = None,
+                  access: str = "auto", shuffle_buffer: int = 1000) -> tuple[ShardDataset, DataLoader]:
     """A per-rank loader (kept away from accelerate's ``prepare``: the rank split is ours)."""
-    ds = ShardDataset(shards, split, rank, world, mode=mode, seed=seed, sample_fn=sample, positions=positions)
+    ds = ShardDataset(shards, split, rank, world, mode=mode, seed=seed, sample_fn=sample, positions=positions,
+                      access=access, shuffle_buffer=shuffle_buffer)
     return ds, make_loader(ds, batch_size, num_workers)
 
 
@@ -194,14 +199,13 @@ class LabelledSet:
         self.keys: list[str] = []
         self.pseudolabels: list[int] = []
         for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
-            positions = [i for i, k in enumerate(shard_keys(path)) if k in wanted]
-            for s in iter_shard(path, positions=positions, expected=shard.count):
+            for s in iter_shard(path, keys=wanted, expected=shard.count):
                 if s["label"] < 0:
-                    raise ValueError(f"labelled key {s['key']!r} (shard {path.name}) has no label in the shards")
+                    raise ValueError(f"labelled key {s['key']!r} (shard {shard.name}) has no label in the shards")
                 self.images.append(s["image"])
                 self.labels.append(s["label"])
                 self.keys.append(s["key"])
-                self.pseudolabels.append(store.lookup(path.name, s["key"])[0] if store is not None else -1)
+                self.pseudolabels.append(store.lookup(shard.name, s["key"])[0] if store is not None else -1)
         missing = wanted - set(self.keys)
         if missing:
             raise ValueError(f"{len(missing)} labelled keys are not in split {split!r}, e.g. {sorted(missing)[:3]}")

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from zmdist.atomic import atomic_path
 from zmdist.backends.base import Backend
+from zmdist.progress import Progress
 from zmdist.train.checkpoint import (
     candidates,
     checkpoint_dir,
@@ -34,7 +34,7 @@ from zmdist.train.checkpoint import (
 )
 from zmdist.train.contract import Algorithm, Batch, Interrupted
 from zmdist.train.evaluation import Evaluator
-from zmdist.train.run_log import RunLog
+from zmdist.train.run_log import RunLog, WandbRun
 from zmdist.train.schedule import warmup_cosine
 from zmdist.train.signals import SignalGuard
 
@@ -56,6 +56,7 @@ class EngineConfig:
     select_metric: str  # "top1" (ground truth) or "pseudolabel_agreement" (ZeroMatch stage 0, on a hold-out)
     early_stop: float | None = None  # stop once the select metric reaches this
     progress: bool = True
+    wandb: WandbRun | None = None  # also log to Weights & Biases (main rank)
 
 
 @dataclass
@@ -108,14 +109,14 @@ class Engine:
 
     # ---- data --------------------------------------------------------------------------------
     def _stream(self) -> Iterator[tuple[int, int, Any]]:
-        """(epoch, batch index, batch) from the saved position on; epochs follow each other forever."""
+        """(epoch, batch index, batch) from the saved position on; epochs follow each other forever. A
+        resumed epoch starts at its saved batch without reading the batches before it (``set_epoch``)."""
         ds, loader = self.data.stream
         epoch, skip = self.pos.epoch, self.pos.batch_in_epoch
         while True:
-            ds.set_epoch(epoch)
-            for i, batch in enumerate(loader):
-                if i >= skip:
-                    yield epoch, i, batch
+            ds.set_epoch(epoch, skip_batches=skip)
+            for i, batch in enumerate(loader, start=skip):
+                yield epoch, i, batch
             epoch, skip = epoch + 1, 0
 
     def _next_batch(self, labelled: Iterator | None, stream: Iterator | None) -> Batch:
@@ -204,7 +205,7 @@ class Engine:
         backend.barrier()
         resumed = resume and self._resume()
         already_done = self.pos.finished or self.pos.step >= cfg.steps
-        run_log = RunLog(self.out, backend.is_main)
+        run_log = RunLog(self.out, backend.is_main, cfg.wandb)
         try:
             with SignalGuard() as guard:
                 if not already_done:
@@ -225,8 +226,8 @@ class Engine:
                                                     self.data.labelled_workers))
                     if self.algorithm.needs.labelled else None)
         backend.model.train()
-        bar = tqdm(total=cfg.steps, initial=self.pos.step, disable=not (cfg.progress and backend.is_main),
-                   desc="train", unit="step")
+        bar = Progress(cfg.steps, f"train {self.name}".strip(), "step", enabled=cfg.progress and backend.is_main,
+                       initial=self.pos.step)
         window_start, window_samples = time.perf_counter(), 0
         reduce_mean = lambda t: backend.all_reduce(t, "mean")  # noqa: E731
         try:
