@@ -49,6 +49,7 @@ class Schedule:
 
 @dataclass
 class Config:
+    action: Literal["go", "report"] = option("go", "sub-command (the first bare word)")
     method: Literal["supervised", "fixmatch"] = option("supervised", "training method")
     batch_size: int = option(4, "labelled batch (100% of it labelled)")
     maybe: Optional[Literal["a", "b"]] = option(None, "an optional choice")
@@ -172,6 +173,17 @@ def test_precedence_defaults_config_flags_key_value(fake_zmdist, tmp_path):
     assert _cfg(fake_zmdist, tmp_path, "--config", str(cfg_file), "--batch-size", "16")["batch_size"] == 16
     both = _cfg(fake_zmdist, tmp_path, "--config", str(cfg_file), "--batch-size", "16", "batch_size=32")
     assert both["batch_size"] == 32 and both["sched"]["warmup_steps"] == 2
+
+
+def test_a_leading_bare_word_is_the_action_and_options_may_come_in_any_order(fake_zmdist, tmp_path):
+    """Catches `zmdist STAGE ACTION ...` failing (argparse's "unrecognized arguments" when key=value follow
+    flags after a positional), the word landing anywhere but `action`, or an unknown action being accepted."""
+    cfg = _cfg(fake_zmdist, tmp_path, "report", "batch_size=3", "--method", "fixmatch", "sched.kind=linear")
+    assert cfg["action"] == "report" and cfg["batch_size"] == 3 and cfg["method"] == "fixmatch"
+    assert cfg["sched"]["kind"] == "linear"
+    assert _cfg(fake_zmdist, tmp_path)["action"] == "go"
+    proc = fake_zmdist("fake-stage", "reprt", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "action" in proc.stderr and "report" in proc.stderr
 
 
 def test_bad_choice_is_a_config_error_naming_the_key(fake_zmdist, tmp_path):

@@ -8,7 +8,7 @@ from test_stages import zmdist_cli
 def test_quickstart_runs_the_whole_pipeline_and_prints_the_table(tmp_path):
     out = tmp_path / "qs"
     r = zmdist_cli("quickstart", "--out", str(out), "teacher_steps=15", "train_steps=4", "stage0_steps=2",
-                   "seeds=[0]", "methods=[supervised, zeromatch]", "progress=false", timeout=600)
+                   "seeds=[0]", "methods=[supervised, zeromatch]", "part=students", "progress=false", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "teacher zero-shot accuracy" in r.stdout and "zeromatch" in r.stdout
     summary = json.loads((out / "summary.json").read_text())
@@ -18,7 +18,7 @@ def test_quickstart_runs_the_whole_pipeline_and_prints_the_table(tmp_path):
     assert list((out / "cache").glob("zmdist-tiny-vit-synthdigits-*.safetensors"))  # loaded via pretrained=path
     assert (out / "pseudolabels" / "reliability.png").is_file()
     again = zmdist_cli("quickstart", "--out", str(out), "teacher_steps=15", "train_steps=4", "stage0_steps=2",
-                       "seeds=[0]", "methods=[supervised]", "progress=false", timeout=600)
+                       "seeds=[0]", "methods=[supervised]", "part=students", "progress=false", timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((out / "summary.json").read_text())
     assert rerun["teacher_zero_shot_accuracy"] == summary["teacher_zero_shot_accuracy"]  # cached teacher reused

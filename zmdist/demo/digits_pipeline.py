@@ -54,11 +54,14 @@ def prepare_digits(
     return results
 
 
-def student_overrides(cfg: StudentSettings, method: str, seed: int, shards: Path, pl: Path) -> list[str]:
-    """The ``train`` stage's ``key=value`` overrides for one student run (the only place that knows its keys)."""
+def student_overrides(cfg: StudentSettings, method: str, seed: int, shards: Path | None,
+                      pl: Path | None) -> list[str]:
+    """The ``train`` stage's ``key=value`` overrides for one student run (the only place that knows its keys);
+    ``shards``/``pl`` None leaves those keys out (a quickstart part sets its own)."""
     method_keys = [f"method.stage0_steps={cfg.stage0_steps}"] if method == "zeromatch" else []
+    data_keys = [f"shards={shards}"] * (shards is not None) + [f"pseudolabels={pl}"] * (pl is not None)
     return [
-        f"shards={shards}", f"pseudolabels={pl}", f"method.name={method}", *method_keys,
+        *data_keys, f"method.name={method}", *method_keys,
         f"student={cfg.student}", f"img_size={cfg.student_img_size}", "hflip=false",
         f"labels_per_class={cfg.labels_per_class}", f"steps={cfg.train_steps}",
         f"seed={seed}", f"eval_every={cfg.train_steps}", "checkpoint_every=0", "num_workers=1",
@@ -89,8 +92,9 @@ def fresh(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """The quickstart's printed summary: teacher zero-shot accuracy, confident pseudolabels, students, timings."""
+def format_table(results: dict[str, Any], extra_rows: list[str] | None = None) -> str:
+    """The quickstart's printed summary: teacher zero-shot accuracy, confident pseudolabels, students, the
+    parts' ``extra_rows``, timings."""
     lines = [
         "",
         "zmdist quickstart: zero-shot teacher on 1,797 real handwritten digits (10 classes, chance 0.10)",
@@ -110,9 +114,12 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     for method, row in results["students"].items():
         lines.append(f"    {method:<20}{row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}")
+    lines += list(extra_rows or [])
     t = results["timings_s"]
+    part_times = "".join(f", {key[:-len('_part_s')]} {value:.0f}s" for key, value in t.items()
+                         if key.endswith("_part_s"))
     lines.append(
         f"  time: teacher {t['teacher_pretrain_s']:.0f}s, shard {t['shard_s']:.1f}s, embed {t['embed_s']:.1f}s, "
-        f"pseudolabel {t['pseudolabel_s']:.1f}s, students {t['train_s']:.0f}s, total {t['total_s']:.0f}s"
+        f"pseudolabel {t['pseudolabel_s']:.1f}s, students {t['train_s']:.0f}s{part_times}, total {t['total_s']:.0f}s"
     )
     return "\n".join(lines)

@@ -157,14 +157,26 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
             if dest.startswith(_FLAG_PREFIX) and value is not None]
 
 
+def action_overrides(module: ModuleType, overrides: list[str]) -> list[str]:
+    """``overrides`` with a leading bare word read as ``action=WORD`` when the stage has an ``action`` option.
+
+    Stages with sub-commands (``zmdist transfer score ...``) declare ``action: Literal[...]`` in their
+    ``Config``; the word is then checked like any other value (an unknown action names the valid ones)."""
+    overrides = list(overrides)
+    has_action = any(key == "action" for key, _, _ in iter_options(module.Config))
+    if has_action and overrides and "=" not in overrides[0]:
+        overrides[0] = f"action={overrides[0]}"
+    return overrides
+
+
 def parse_stage_args(name: str, argv: list[str]) -> tuple[ModuleType, Any, Path, bool]:
     """(stage module, resolved config, out folder, verbose) as ``zmdist NAME argv...`` builds them.
 
     Raises ``UnknownStageError`` for an unknown stage and ``zmdist.config.ConfigError`` for a bad option;
     argparse exits (status 2) on malformed arguments and prints ``--help``."""
     module = load_stage(name)
-    args = build_stage_parser(None, name).parse_args(list(argv))
-    cfg = load_config(module.Config, args.config, flag_overrides(args) + list(args.overrides))
+    args = build_stage_parser(None, name).parse_intermixed_args(list(argv))
+    cfg = load_config(module.Config, args.config, flag_overrides(args) + action_overrides(module, args.overrides))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder: give a folder (it is created if missing)")
@@ -191,9 +203,11 @@ register_stage("shard")
 register_stage("embed")
 register_stage("pseudolabel")
 register_stage("train")
+register_stage("select")
+register_stage("al-sim")
 register_stage("quickstart")
 
 __all__ = [
-    "STAGE_MODULES", "UnknownStageError", "build_stage_parser", "flag_overrides", "load_stage", "metavar",
+    "STAGE_MODULES", "UnknownStageError", "action_overrides", "build_stage_parser", "flag_overrides", "load_stage", "metavar",
     "parse_stage_args", "register_stage", "setup_logging", "stage_names", "stage_summary",
 ]

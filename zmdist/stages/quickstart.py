@@ -6,10 +6,13 @@
 2. ``shard`` scikit-learn's 1,797 real handwritten digits (shipped with the package) into tar shards.
 3. ``embed`` them with the teacher, 4. ``pseudolabel`` them zero-shot from class-name prompts.
 5. ``train`` students with a few labels per class: ``supervised``, ``distill``, ``fixmatch``, ``zeromatch``.
-6. Print one table: the teacher's zero-shot accuracy, its confident pseudolabels, and each student's
-   test accuracy (mean and spread over ``seeds``).
+6. Run the extra ``parts`` on the same data (``zmdist.demo.parts``: prompt tuning of the teacher, label
+   selection), each adding rows to the table.
+7. Print one table: the teacher's zero-shot accuracy, its confident pseudolabels, each student's test
+   accuracy (mean and spread over ``seeds``) and the parts' rows.
 
-The parts live in ``zmdist.demo`` (``teacher_pretrain``, ``digits_pipeline``); this module only wires them.
+``--part NAME`` runs one piece alone (``students`` or a part) after the shared preparation.
+The parts live in ``zmdist.demo`` (``teacher_pretrain``, ``digits_pipeline``, ``parts``); this module only wires them.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from zmdist.config import option, to_dict
-from zmdist.demo.digits_pipeline import format_table, prepare_digits, summarise_seeds, train_student
+from zmdist.demo.digits_pipeline import (
+    format_table,
+    prepare_digits,
+    student_overrides,
+    summarise_seeds,
+    train_student,
+)
+from zmdist.demo.parts import PART_MODULES, PartContext, load_part
 from zmdist.demo.teacher_pretrain import pretrain_digit_teacher
 from zmdist.provenance import provenance, write_run_files
 
@@ -49,6 +59,10 @@ class Config:
     student_img_size: int = option(16, "student input size")
     train_steps: int = option(300, "student training steps (zeromatch: stage 1)")
     stage0_steps: int = option(150, "zeromatch stage-0 distillation steps")
+    parts: list[str] = option(factory=lambda: list(PART_MODULES),
+                              help=f"extra parts run after the students ({', '.join(PART_MODULES)})")
+    part: Literal["all", "students", "prompt", "select"] = option(
+        "all", "run only this piece after the shared preparation: the student table or one part")
     progress: bool = option(True, "show progress bars")
 
 
@@ -70,8 +84,25 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     timings.update({f"{name}_s": r["seconds"] for name, r in stage_results.items()})
 
     t0 = time.perf_counter()
-    students = {m: [train_student(cfg, out, m, seed) for seed in cfg.seeds] for m in cfg.methods}
+    methods = cfg.methods if cfg.part in ("all", "students") else []
+    students = {m: [train_student(cfg, out, m, seed) for seed in cfg.seeds] for m in methods}
     timings["train_s"] = time.perf_counter() - t0
+
+    context = dict(
+        shards=out / "shards", embeddings=out / "embeddings", pseudolabels=out / "pseudolabels",
+        teacher_model=cfg.teacher_model, teacher_checkpoint=str(checkpoint), templates=cfg.templates,
+        seeds=list(cfg.seeds), labels_per_class=cfg.labels_per_class, progress=cfg.progress,
+        student_overrides=lambda method, seed: student_overrides(cfg, method, seed, None, None),
+    )
+    parts: dict[str, dict[str, Any]] = {}
+    rows: list[str] = []
+    for name in parts_to_run(cfg):
+        module = load_part(name)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        parts[name] = module.run_part(PartContext(out=out / name, **context))
+        timings[f"{name}_part_s"] = time.perf_counter() - t0
+        rows += module.format_rows(parts[name])
 
     pl = stage_results["pseudolabel"]
     results = {
@@ -86,8 +117,20 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         "images_per_second": stage_results["embed"]["images_per_second"],
         "labels_per_class": cfg.labels_per_class,
         "students": {m: summarise_seeds(runs) for m, runs in students.items()},
+        "parts": parts,
         "timings_s": {**timings, "total_s": time.perf_counter() - start},
     }
     write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seed)})
-    print(format_table(results))
+    print(format_table(results, extra_rows=rows))
     return results
+
+
+def parts_to_run(cfg: Config) -> list[str]:
+    """The parts this run executes: ``cfg.parts`` for ``part=all``, the one named by ``part``, or none."""
+    if cfg.part == "students":
+        return []
+    names = cfg.parts if cfg.part == "all" else [cfg.part]
+    for name in names:
+        if name not in PART_MODULES:
+            raise ValueError(f"quickstart parts: unknown part {name!r}; known parts: {', '.join(PART_MODULES)}")
+    return names
