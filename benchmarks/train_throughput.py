@@ -78,7 +78,11 @@ def plain_loop(args: argparse.Namespace) -> None:
 
     def wds_loader() -> DataLoader:
         urls = [str(p) for p in manifest.shard_paths("train")]
-        stream = (wds.WebDataset(urls, resampled=True, shardshuffle=False).shuffle(1000).decode("pil")
+        # open_clip's way for DDP: every rank and worker resamples shards on its own (no node split, which
+        # webdataset refuses under WORLD_SIZE > 1 unless given); per-rank seeds keep the streams apart
+        rank = int(os.environ.get("RANK", "0"))
+        stream = (wds.WebDataset(urls, resampled=True, shardshuffle=False, nodesplitter=None, seed=rank)
+                  .shuffle(1000).decode("pil")
                   .to_tuple("png", "cls").map(two_views).batched(per_rank, partial=False))
         return wds.WebLoader(stream, batch_size=None, num_workers=args.workers)
 

@@ -41,6 +41,18 @@ def write_uneven_shards(root: Path, counts: list[int], split: str = "train", num
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread (restored afterwards): tiny models' many small ops run faster on
+    one thread than on two cores that other tests share."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def make_shards(tmp_path: Path) -> Callable[..., tuple[Path, list[str]]]:
     """``make_shards([10, 7, 3, 1])`` -> (shard folder, all keys)."""
     made = 0

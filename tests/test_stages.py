@@ -22,8 +22,10 @@ TEACHER = ["teacher.model=zmdist-micro-vit"]
 
 
 def _env() -> dict[str, str]:
+    """This environment without the launcher / array variables a child process would read as its rank."""
     env = dict(os.environ)
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID"):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID",
+                "SLURM_ARRAY_TASK_COUNT", "ZMDIST_TASK_INDEX", "ZMDIST_NUM_TASKS"):
         env.pop(var, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env

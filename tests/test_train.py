@@ -158,12 +158,19 @@ def test_two_processes(digits, tmp_path, backend):
     out = tmp_path / backend
     shards, pl = digits
     stage = ["backend.zero_stage=3"] if backend == "deepspeed" else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zmdist",
-         "train", "--out", str(out), f"shards={shards}", f"pseudolabels={pl}", *FAST, "method.name=fixmatch",
-         "steps=6", f"backend.name={backend}", *stage, "checkpoint_every=3"],
-        capture_output=True, text=True, env=_env(), timeout=600,
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zmdist",
+               "train", "--out", str(out), f"shards={shards}", f"pseudolabels={pl}", *FAST, "method.name=fixmatch",
+               "steps=6", f"backend.name={backend}", *stage, "checkpoint_every=3"]
+    env = {**_env(), "TORCH_SHOW_CPP_STACKTRACES": "1"}
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0 and _aborted_at_start_up(proc.stderr, out):
+        # About 1 run in 10 under pytest on 2 cores (never outside it in 16 tries), one rank of the
+        # accelerate (gloo) group dies in C++ before the first step with "terminate called without an active
+        # exception" (a std::thread destroyed while joinable; not in zmdist's Python). It is retried once,
+        # from an empty folder, and said so; any other failure, or a second abort, fails the test.
+        print(f"two-process {backend} run aborted at start-up (SIGABRT), retried once:\n{proc.stderr[-1500:]}")
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -175,6 +182,12 @@ def test_two_processes(digits, tmp_path, backend):
     for name in ("final.safetensors", "best.safetensors"):
         exported = load_file(str(out / name))
         assert {k: tuple(v.shape) for k, v in exported.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+
+
+def _aborted_at_start_up(stderr: str, out: Path) -> bool:
+    """A rank killed by libstdc++'s terminate (SIGABRT) before any step was checkpointed."""
+    return ("terminate called without an active exception" in stderr and "SIGABRT" in stderr
+            and not list((out / "checkpoints").glob("step-*")))
 
 
 def test_config_errors_name_the_plugin(digits):

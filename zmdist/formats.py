@@ -16,6 +16,7 @@ Pseudolabel sidecar (``zmdist pseudolabel``): ``keys``, ``labels`` (ground truth
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ import numpy as np
 
 from zmdist.atomic import atomic_save_npz
 from zmdist.data.location import Location, is_remote, open_ref
+from zmdist.data.manifest import Manifest
 
+EMBED_INFO_FILE = "embed_info.json"  # beside the embedding files: shards folder, splits, teacher, classes
 EMBEDDING_FIELDS = ("keys", "labels", "embeddings")
 PSEUDOLABEL_FIELDS = ("keys", "labels", "pseudolabel", "confidence", "margin", "entropy", "topk_classes", "topk_probs")
 
@@ -133,3 +136,24 @@ class PseudolabelStore:
         except KeyError:
             raise KeyError(f"shard {shard_name}: no pseudolabel for key {key!r} in {self.folder}") from None
         return int(sidecar.pseudolabel[row]), float(sidecar.confidence[row])
+
+
+@dataclass(frozen=True)
+class EmbeddingRun:
+    """An ``embed`` output opened for reading: where its files are, its ``embed_info.json``, and the
+    manifest of the shard set it embedded (the stages that read embeddings all need these three)."""
+
+    folder: Location
+    info: dict[str, Any]
+    manifest: Manifest
+
+
+def open_embedding_run(embeddings: str, shards: str = "") -> EmbeddingRun:
+    """Open the embeddings at ``embeddings`` (folder, URL or ``pipe:``); ``shards`` says where the shard set's
+    manifest is now (default: where ``embed`` read it). A folder without ``embed_info.json`` is refused
+    saying to run ``zmdist embed`` first."""
+    folder = Location.parse(embeddings)
+    if folder.exists(EMBED_INFO_FILE) is False:
+        raise FileNotFoundError(f"embeddings={folder} has no {EMBED_INFO_FILE}: run `zmdist embed` first")
+    info = json.loads(folder.read_bytes(EMBED_INFO_FILE))
+    return EmbeddingRun(folder, info, Manifest.load(shards or info["shards"]))

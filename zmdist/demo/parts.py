@@ -20,7 +20,11 @@ from zmdist.config import load_config
 from zmdist.stages import train as train_stage
 
 # part name -> module; the order is the order in the printed table
-PART_MODULES: dict[str, str] = {}
+PART_MODULES: dict[str, str] = {
+    "prompt": "zmdist.demo.prompt_part",
+    "select": "zmdist.demo.select_part",
+    "transfer": "zmdist.demo.transfer_part",
+}
 
 
 @dataclass(frozen=True)

@@ -203,8 +203,10 @@ register_stage("shard")
 register_stage("embed")
 register_stage("pseudolabel")
 register_stage("train")
+register_stage("prompt-tune")
 register_stage("select")
 register_stage("al-sim")
+register_stage("transfer")
 register_stage("quickstart")
 
 __all__ = [

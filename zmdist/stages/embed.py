@@ -32,7 +32,7 @@ from zmdist.atomic import atomic_write_text, clean_temp_files
 from zmdist.config import option, to_dict
 from zmdist.data.manifest import Manifest
 from zmdist.data.reader import iter_shard
-from zmdist.formats import EmbeddingShard
+from zmdist.formats import EMBED_INFO_FILE, EmbeddingShard
 from zmdist.progress import Progress
 from zmdist.provenance import provenance, write_run_files
 from zmdist.stages.common import (
@@ -52,7 +52,7 @@ from zmdist.teacher.loading import teacher_fingerprint
 
 NAME = "embed"
 HELP = "embed every image shard with an open_clip teacher (resumable, parallel over ranks and array tasks)"
-INFO_FILE = "embed_info.json"
+INFO_FILE = EMBED_INFO_FILE
 log = logging.getLogger("zmdist")
 
 

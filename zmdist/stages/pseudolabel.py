@@ -11,11 +11,13 @@ and a hash of the prompts (templates + class names); a rerun into the same folde
 teacher or prompts is refused, naming which. The teacher is rebuilt from ``embed_info.json`` (random
 weights from its recorded seed) and its fingerprint must equal the one that embedded the images, so the
 text tower always belongs to the image tower that made the embeddings.
+
+``classifier=PATH`` labels with a given (C, D) head instead, e.g. the learned prompts of ``zmdist prompt-tune``
+(``OUT/classifier.npy``); the file's sha256 is then part of the prompt fingerprint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from zmdist.atomic import clean_temp_files
 from zmdist.config import option, to_dict
 from zmdist.data.location import Location
 from zmdist.data.manifest import Manifest
-from zmdist.formats import EmbeddingShard, PseudolabelShard, sidecar_name
+from zmdist.formats import EmbeddingShard, PseudolabelShard, open_embedding_run, sidecar_name
 from zmdist.methods.pseudolabels import (
     bins_from_sums,
     calibration_error,
@@ -42,7 +44,7 @@ from zmdist.methods.pseudolabels import (
 )
 from zmdist.plots import reliability_diagram
 from zmdist.progress import Progress
-from zmdist.provenance import hash_json, provenance, write_run_files
+from zmdist.provenance import hash_file, hash_json, provenance, write_run_files
 from zmdist.stages.common import (
     ShardJob,
     WorkerLock,
@@ -52,8 +54,7 @@ from zmdist.stages.common import (
     shards_fingerprint,
     shards_spec,
 )
-from zmdist.stages.embed import INFO_FILE as EMBED_INFO_FILE
-from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher
+from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher, prompt_names
 from zmdist.teacher.loading import teacher_fingerprint
 
 NAME = "pseudolabel"
@@ -70,6 +71,8 @@ class Config:
                               "read them. Must be the same shard set (checked by fingerprint)")
     templates: str | list[str] = option("simple", "template set name (simple, imagenet7, digits, ...) or a list")
     classnames: list[str] = option(factory=list, help="names used in prompts, in class order; empty = manifest's")
+    classifier: str = option("", "a (C, D) .npy head with unit rows to use instead of the zero-shot one, e.g. "
+                                 "`zmdist prompt-tune`'s OUT/classifier.npy (its sha256 joins the prompt fingerprint)")
     topk: int = option(5, "how many top classes (with probabilities) to store per sample", min=1)
     full_probs_max_classes: int = option(100, "store the full probability vector when classes <= this", min=0)
     thresholds: list[float] = option(factory=lambda: [0.3, 0.5, 0.7, 0.9], help="confidence thresholds reported")
@@ -80,20 +83,29 @@ class Config:
     progress: bool = option(True, "show shards labelled, shards/s and ETA (rank 0)")
 
 
-def prompt_names(classes: list[str]) -> list[str]:
-    """Folder-style class names read better in prompts with spaces: ``golden_retriever`` -> ``golden retriever``."""
-    return [c.replace("_", " ") for c in classes]
+def load_classifier(path: Path, n_classes: int) -> torch.Tensor:
+    """A (C, D) head from a ``.npy`` file (``allow_pickle=False``), checked: one row per class, unit rows
+    (logits are ``logit_scale * image @ head.T`` with unit image embeddings, as for the zero-shot head)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier={path}: no such file (e.g. `zmdist prompt-tune`'s OUT/classifier.npy)")
+    try:
+        head = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"classifier={path} is not a readable .npy array ({err})") from err
+    if head.ndim != 2 or head.shape[0] != n_classes:
+        raise ValueError(f"classifier={path} has shape {head.shape}; it needs one row per class: ({n_classes}, D)")
+    norms = np.linalg.norm(head.astype(np.float64), axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        raise ValueError(f"classifier={path}: rows must be L2-normalised (norms range {norms.min():.4f}..{norms.max():.4f})")
+    return torch.from_numpy(head.astype(np.float32))
 
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
     info = dist.detect(cfg.task_index, cfg.num_tasks)
     dist.init_distributed(info)
     device = resolve_device(cfg.device, info)
-    emb_dir = Location.parse(cfg.embeddings)
-    if emb_dir.exists(EMBED_INFO_FILE) is False:
-        raise FileNotFoundError(f"embeddings={emb_dir} has no {EMBED_INFO_FILE}: run `zmdist embed` first")
-    emb_info = json.loads(emb_dir.read_bytes(EMBED_INFO_FILE))
-    manifest = Manifest.load(cfg.shards or emb_info["shards"])
+    run_files = open_embedding_run(cfg.embeddings, cfg.shards)
+    emb_dir, emb_info, manifest = run_files.folder, run_files.info, run_files.manifest
     classnames = cfg.classnames or prompt_names(manifest.classes)
     if len(classnames) != len(manifest.classes):
         raise ValueError(f"classnames: {len(classnames)} names given, the manifest has {len(manifest.classes)} classes")
@@ -103,7 +115,13 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     teacher = load_teacher(teacher_cfg["model"], teacher_cfg["pretrained"] or None, device=device,
                            model_config=teacher_cfg.get("model_config") or None, seed=seed,
                            cache_dir=teacher_cfg.get("cache_dir") or None)
-    classifier = build_zeroshot_classifier(teacher.model, teacher.tokenizer, classnames, templates, device=device)
+    if cfg.classifier:
+        classifier = load_classifier(Path(cfg.classifier), len(classnames)).to(device)
+    else:
+        classifier = build_zeroshot_classifier(teacher.model, teacher.tokenizer, classnames, templates, device=device)
+    prompts: dict[str, Any] = {"classnames": classnames, "templates": templates}
+    if cfg.classifier:  # another head labels differently: a rerun with another file must not mix sidecars
+        prompts["classifier_sha256"] = hash_file(Path(cfg.classifier))
     out.mkdir(parents=True, exist_ok=True)
     all_jobs, mine = plan_shards(manifest, emb_info["splits"], out, info)
     if cfg.shards and shards_fingerprint(all_jobs, manifest.classes) != emb_info.get("shards_fingerprint"):
@@ -123,12 +141,13 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
             "splits": emb_info["splits"],
             "shards_fingerprint": emb_info.get("shards_fingerprint"),
             "teacher_fingerprint": teacher_fp,
-            "prompts_fingerprint": hash_json({"classnames": classnames, "templates": templates}),
+            "prompts_fingerprint": hash_json(prompts),
             "topk": cfg.topk,
         }, "pseudolabels", recorded={
             "embeddings": shards_spec(cfg.embeddings), "shards": shards_spec(cfg.shards or emb_info["shards"]),
             "teacher": teacher_cfg,
             "seed": seed, "classnames": classnames, "templates": templates,
+            "classifier": str(Path(cfg.classifier).resolve()) if cfg.classifier else "zero-shot",
         })
         np.save(out / "classifier.npy", classifier.cpu().numpy())
     dist.barrier()
@@ -158,6 +177,7 @@ def _run_locked(cfg: Config, out: Path, info: dist.DistInfo, manifest: Manifest,
         results.update(summarise(all_jobs, manifest.classes, cfg, out))
         write_run_files(out, to_dict(cfg), {
             **results, **provenance(classes=classnames, templates=templates), "logit_scale": teacher.logit_scale,
+            "classifier_source": cfg.classifier or "zero-shot",
         })
     dist.barrier()
     return results
@@ -170,6 +190,9 @@ def _label_shard(job: ShardJob, emb_dir: Location, classifier: torch.Tensor, sca
     if emb_dir.exists(name) is False:
         raise FileNotFoundError(f"shard {job.name} has no embedding file {emb_dir.ref(name)}: finish `zmdist embed` first")
     emb = EmbeddingShard.load(emb_dir.ref(name))
+    if emb.embeddings.shape[1] != classifier.shape[1]:
+        raise ValueError(f"classifier{'=' + cfg.classifier if cfg.classifier else ''} has dimension {classifier.shape[1]} "
+                         f"but the embeddings of {job.name} have {emb.embeddings.shape[1]}: it belongs to another teacher")
     probs = zero_shot_probs(torch.from_numpy(emb.embeddings).to(device), classifier, scale)
     stats = pseudolabel_stats(probs, cfg.topk)
     keep_full = probs.shape[1] <= cfg.full_probs_max_classes

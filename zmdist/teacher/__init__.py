@@ -1,7 +1,7 @@
 """The teacher: an open_clip vision-language model and the zero-shot classifier built from it."""
 
 from zmdist.teacher.loading import Teacher, load_teacher, register_model_configs
-from zmdist.teacher.templates import TEMPLATE_SETS, get_templates
+from zmdist.teacher.templates import TEMPLATE_SETS, get_templates, prompt_names
 from zmdist.teacher.zeroshot import build_zeroshot_classifier
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "build_zeroshot_classifier",
     "get_templates",
     "load_teacher",
+    "prompt_names",
     "register_model_configs",
 ]

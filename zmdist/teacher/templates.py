@@ -59,3 +59,8 @@ def get_templates(spec: str | list[str]) -> list[str]:
         if not isinstance(t, str) or t.count("{}") != 1:
             raise ValueError(f"templates: {t!r} must be a string with exactly one '{{}}' for the class name")
     return templates
+
+
+def prompt_names(classes: list[str]) -> list[str]:
+    """Folder-style class names read better in prompts with spaces: ``golden_retriever`` -> ``golden retriever``."""
+    return [c.replace("_", " ") for c in classes]

@@ -1,0 +1,207 @@
+"""``zmdist prompt-tune`` end to end on real digit shards embedded by the micro teacher (random weights):
+rounds, resume, the classifier ``zmdist pseudolabel classifier=`` uses, TRZSL handling, 2 ranks = 1 rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import pytest
+
+from zmdist.config import ConfigError, load_config
+from zmdist.demo.digits_pipeline import prepare_digits
+from zmdist.formats import EmbeddingShard, PseudolabelShard
+from zmdist.methods.prompting import grip_k
+from zmdist.prompts import load_prompt
+from zmdist.stages import prompt_tune, pseudolabel
+
+FAST = ["n_ctx=4", "optim.epochs=1", "optim.batch_size=64", "optim.warmup_epochs=0", "progress=false"]
+BENCH = sorted((Path(__file__).parent.parent / "configs" / "bench").glob("grip-*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """These tiny models run faster on one thread than on two cores shared with other tests."""
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prompt-digits")
+    prepare_digits(root, teacher_model="zmdist-micro-vit", shard_size=400)
+    return root
+
+
+def _run(digits: Path, out: Path, *overrides: str) -> dict:
+    cfg = load_config(prompt_tune.Config, None, [f"embeddings={digits / 'embeddings'}", *FAST, *overrides])
+    return prompt_tune.run(cfg, out)
+
+
+def _pool(digits: Path) -> tuple[np.ndarray, np.ndarray]:
+    files = sorted((digits / "embeddings").glob("train-*.npz"))
+    shards = [EmbeddingShard.load(f) for f in files]
+    return np.concatenate([s.keys for s in shards]), np.concatenate([s.embeddings for s in shards]).astype(np.float32)
+
+
+def _assert_argmax(labels: np.ndarray, scores: np.ndarray) -> None:
+    """``labels`` are the row-wise argmax of ``scores``, except where the top two are within float noise (the
+    random micro teacher's class features are close, and the stages compute in another order)."""
+    top2 = np.sort(scores, axis=1)[:, -2:]
+    tied = top2[:, 1] - top2[:, 0] < 1e-5
+    assert ((labels == scores.argmax(1)) | tied).all() and tied.mean() < 0.05
+
+
+def test_grip_ssl_rounds_resume_and_a_classifier_pseudolabel_uses(digits, tmp_path):
+    """GRIP in SSL, 3 rounds: K follows grip_k over the unlabelled pool, every round folder is complete, the
+    classifier has unit rows. Deleting the last round's marker resumes there and reproduces the same head.
+    `zmdist pseudolabel classifier=` labels every image with argmax(emb @ head.T) (= the prompt's relabelling
+    of the pool), and a rerun into that folder with another head is refused. Kills: K from the whole pool
+    (labelled included), re-running finished rounds, a head pseudolabel ignores, a fingerprint without it."""
+    out = tmp_path / "grip"
+    result = _run(digits, out, "setting=ssl", "strategy=grip", "rounds=3", "labels_per_class=2")
+    assert result["labelled"] == 20 and result["unlabelled"] == 1346 - 20
+    assert [r["k"] for r in result["rounds"]] == [grip_k(t, 1326, 10, 3) for t in range(3)]
+    assert [r["pseudolabels"] for r in result["rounds"]] == [10 * grip_k(t, 1326, 10, 3) for t in range(2)] + [1326]
+    first = result["rounds"][0]  # K = 45 >= 10: floor(0.2 * 45) = 9 per class held out, not trained on
+    assert first["held_out"] == 90 and first["loss_weights"] == [360 / 20, 1.0] and first["best_epoch"] == 0
+    assert int(np.load(out / "round-00" / "pseudolabels.npz")["held_out"].sum()) == 90
+    for t in range(3):
+        names = {p.name for p in (out / f"round-{t:02d}").iterdir()}
+        assert {"prompt.safetensors", "pseudolabels.npz", "pool_probs.npy", "classifier.npy", "metrics.json"} <= names
+    head = np.load(out / "classifier.npy")
+    assert head.shape == (10, 32) and np.allclose(np.linalg.norm(head, axis=1), 1, atol=1e-5)
+    tensors, meta = load_prompt(out / "prompt.safetensors")
+    assert tensors["ctx"].shape == (4, 32) and meta["kind"] == "textual" and meta["round"] == 2
+
+    (out / "round-02" / "metrics.json").unlink()
+    again = _run(digits, out, "setting=ssl", "strategy=grip", "rounds=3", "labels_per_class=2")
+    assert again["resumed_at_round"] == 2
+    np.testing.assert_allclose(np.load(out / "classifier.npy"), head, atol=1e-6)
+    with pytest.raises(ValueError, match="other settings"):
+        _run(digits, out, "setting=ssl", "strategy=ifpl", "rounds=3")
+
+    pl = tmp_path / "pl"
+    pseudolabel.run(load_config(pseudolabel.Config, None, [f"embeddings={digits / 'embeddings'}",
+                                                           f"classifier={out / 'classifier.npy'}",
+                                                           "progress=false"]), pl)
+    keys, emb = _pool(digits)
+    side = [PseudolabelShard.load(f) for f in sorted(pl.glob("train-*.npz"))]
+    assert list(np.concatenate([s.keys for s in side])) == list(keys)
+    labels = np.concatenate([s.pseudolabel for s in side])
+    _assert_argmax(labels, emb @ head.T)
+    _assert_argmax(labels, np.load(out / "round-02" / "pool_probs.npy"))
+    assert json.loads((pl / "summary.json").read_text())["classifier_source"] == str(out / "classifier.npy")
+    other = tmp_path / "other.npy"
+    np.save(other, np.roll(head, 1, axis=0))
+    with pytest.raises(ValueError, match="prompts"):
+        pseudolabel.run(load_config(pseudolabel.Config, None, [f"embeddings={digits / 'embeddings'}",
+                                                               f"classifier={other}", "progress=false"]), pl)
+
+
+def test_pseudolabel_refuses_a_classifier_of_the_wrong_shape_or_not_normalised(digits, tmp_path):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.ones((9, 32), np.float32))
+    cfg = load_config(pseudolabel.Config, None, [f"embeddings={digits / 'embeddings'}", f"classifier={bad}"])
+    with pytest.raises(ValueError, match=r"one row per class: \(10, D\)"):
+        pseudolabel.run(cfg, tmp_path / "pl")
+    np.save(bad, np.ones((10, 32), np.float32))
+    with pytest.raises(ValueError, match="L2-normalised"):
+        pseudolabel.run(cfg, tmp_path / "pl2")
+
+
+def test_trzsl_labels_seen_classes_and_pseudolabels_only_unseen_ones(digits, tmp_path):
+    """seen_classes=[0..5]: every pool image of a seen class is labelled, the rest is the pool, pseudolabels
+    take unseen classes only, and the metrics report seen / unseen accuracy and their harmonic mean. A seeded
+    fraction of 0.62 sees round(6.2) = 6 classes, the same ones for the same seed. Kills: pseudolabels among
+    seen classes, unseen images labelled, the fraction ignored."""
+    out = tmp_path / "trzsl"
+    result = _run(digits, out, "setting=trzsl", "strategy=fpl", "seen_classes=[0,1,2,3,4,5]", "k=8")
+    keys, _ = _pool(digits)
+    labels = np.concatenate([EmbeddingShard.load(f).labels for f in sorted((digits / "embeddings").glob("train-*.npz"))])
+    assert result["labelled"] == int(np.isin(labels, range(6)).sum())
+    side = np.load(out / "round-00" / "pseudolabels.npz")
+    assert set(side["pseudolabel"].tolist()) <= {6, 7, 8, 9} and len(side["pseudolabel"]) == 4 * 8
+    assert set(side["labels"].tolist()) <= {6, 7, 8, 9}  # the pool holds unseen-class images only
+    final = result["final"]
+    assert {"seen_accuracy", "unseen_accuracy", "harmonic_mean"} <= set(final)
+    s, u = final["seen_accuracy"], final["unseen_accuracy"]
+    assert final["harmonic_mean"] == pytest.approx(0 if s + u == 0 else 2 * s * u / (s + u))
+    from zmdist.prompts.data import choose_seen_classes
+
+    seen = choose_seen_classes(10, [], 0.62, seed=3)
+    assert len(seen) == 6 and seen == choose_seen_classes(10, [], 0.62, seed=3)
+    with pytest.raises(ValueError, match="at least one unseen"):
+        choose_seen_classes(3, [0, 1, 2], 0.62, seed=0)
+
+
+def test_bad_settings_are_refused_with_the_reason(digits, tmp_path):
+    with pytest.raises(ConfigError, match="strategy=none trains on labels only"):
+        _run(digits, tmp_path / "a", "setting=ul", "strategy=none")
+    with pytest.raises(ValueError, match="fewer than labels_per_class=500"):
+        _run(digits, tmp_path / "b", "setting=ssl", "labels_per_class=500")
+    with pytest.raises(ConfigError, match="setting"):
+        load_config(prompt_tune.Config, None, ["embeddings=x", "setting=semi"])
+
+
+def test_visual_prompts_train_through_the_image_tower(digits, tmp_path):
+    """prompt=visual decodes the shards' images and tunes VPT tokens: the saved prompt holds the tokens,
+    and no classifier file is written (the head is the fixed zero-shot one; the prompt lives in the image
+    tower, which `pseudolabel` does not run)."""
+    out = tmp_path / "vpt"
+    result = _run(digits, out, "prompt=visual", "setting=ul", "strategy=fpl", "n_tokens=2", "k=4")
+    tensors, meta = load_prompt(out / "prompt.safetensors")
+    assert tensors["tokens"].shape == (2, 32) and meta["kind"] == "visual"
+    assert not (out / "classifier.npy").exists() and "classifier" not in result
+    assert result["final"]["pseudolabels"] == 40 and "accuracy" in result["final"]
+
+
+def test_multimodal_prompts_run_a_round(digits, tmp_path):
+    """prompt=multimodal trains the shared generator (sqrt weights in SSL) and saves only trainable tensors."""
+    out = tmp_path / "mm"
+    result = _run(digits, out, "prompt=multimodal", "setting=ssl", "strategy=fpl", "n_ctx=2", "n_tokens=2",
+                  "shared_dim=16", "k=4")
+    tensors, meta = load_prompt(out / "prompt.safetensors")
+    assert meta["kind"] == "multimodal" and "tokens" in tensors and "text.ctx" not in tensors
+    assert result["final"]["loss_weights"] == pytest.approx([(40 / 20) ** 0.5, 1.0])
+
+
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: p.name)
+def test_published_setups_validate(path):
+    cfg = load_config(prompt_tune.Config, path)
+    assert (cfg.n_ctx, cfg.optim.lr, cfg.optim.batch_size, cfg.optim.epochs, cfg.labels_per_class) == (16, 0.1, 16, 150, 2)
+    assert cfg.strategy == "grip" and cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 0.1
+
+
+def test_bench_configs_cover_the_papers_datasets():
+    assert {p.stem for p in BENCH} == {"grip-flowers102", "grip-resisc45", "grip-eurosat", "grip-dtd"}
+
+
+def test_two_ranks_give_the_one_rank_pseudolabels(digits, tmp_path):
+    """The same GRIP run under `torchrun --nproc_per_node 2` (gloo): world size 2, both ranks in the log,
+    and every round's pseudolabels equal the one-process run's. Kills: gradients not all-reduced (each rank
+    would fit half the batch), relabelling only rank 0's slice, ranks drawing different batches."""
+    args = [f"embeddings={digits / 'embeddings'}", *FAST, "setting=ssl", "strategy=grip", "rounds=2",
+            "optim.batch_size=32"]
+    one = tmp_path / "one"
+    prompt_tune.run(load_config(prompt_tune.Config, None, args), one)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID",
+                                                            "SLURM_NTASKS")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "zmdist", "prompt-tune", "--out", str(two), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
+    assert "rank 1/2" in proc.stderr and "backend gloo" in proc.stderr
+    for t in range(2):
+        a, b = (np.load(d / f"round-{t:02d}" / "pseudolabels.npz") for d in (one, two))
+        np.testing.assert_array_equal(a["keys"], b["keys"])
+        np.testing.assert_array_equal(a["pseudolabel"], b["pseudolabel"])
+        pa, pb = (np.load(d / f"round-{t:02d}" / "pool_probs.npy") for d in (one, two))
+        np.testing.assert_array_equal(pa.argmax(1), pb.argmax(1))
+        np.testing.assert_allclose(pa, pb, atol=1e-4)
