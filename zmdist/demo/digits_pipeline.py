@@ -106,12 +106,13 @@ def format_table(results: dict[str, Any], extra_rows: list[str] | None = None) -
     for row in results["accuracy_at_thresholds"]:
         acc = f"{row['accuracy']:.3f}" if row["count"] else "  -  "
         lines.append(f"    >= {row['threshold']:.2f}     {row['coverage']:6.3f}     {acc}")
-    n_seeds = len(next(iter(results["students"].values()))["accuracy_per_seed"]) if results["students"] else 0
-    lines += [
-        f"  students on the {results.get('labels_per_class')}-labels-per-class task, test split"
-        f" (mean +- std over {n_seeds} seed{'s' * (n_seeds != 1)}):",
-        f"    {'teacher zero-shot':<20}{results['teacher_test_accuracy']:.3f}",
-    ]
+    if results["students"]:
+        n_seeds = len(next(iter(results["students"].values()))["accuracy_per_seed"])
+        lines.append(f"  students on the {results.get('labels_per_class')}-labels-per-class task, test split"
+                     f" (mean +- std over {n_seeds} seed{'s' * (n_seeds != 1)}):")
+    else:
+        lines.append("  test split:")
+    lines.append(f"    {'teacher zero-shot':<20}{results['teacher_test_accuracy']:.3f}")
     for method, row in results["students"].items():
         lines.append(f"    {method:<20}{row['accuracy_mean']:.3f} +- {row['accuracy_std']:.3f}")
     lines += list(extra_rows or [])

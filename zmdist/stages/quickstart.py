@@ -59,10 +59,8 @@ class Config:
     student_img_size: int = option(16, "student input size")
     train_steps: int = option(300, "student training steps (zeromatch: stage 1)")
     stage0_steps: int = option(150, "zeromatch stage-0 distillation steps")
-    # "select" (two more ZeroMatch students + an al-sim) would take the default run past 10 minutes on
-    # 2 cores: it runs with --part select
-    parts: list[str] = option(factory=lambda: ["prompt", "transfer"],
-                              help=f"extra parts run after the students (known: {', '.join(PART_MODULES)})")
+    parts: list[str] = option(factory=lambda: list(PART_MODULES),
+                              help=f"extra parts run after the students ({', '.join(PART_MODULES)})")
     part: Literal["all", "students", "prompt", "select", "transfer"] = option(
         "all", "run only this piece after the shared preparation: the student table or one part")
     progress: bool = option(True, "show progress bars")
