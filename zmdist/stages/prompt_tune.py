@@ -35,7 +35,6 @@ import torch
 from zmdist import dist
 from zmdist.atomic import atomic_save_npz, atomic_write_text
 from zmdist.config import ConfigError, option, to_dict
-from zmdist.data.location import Location
 from zmdist.data.manifest import Manifest
 from zmdist.data.reader import iter_shard
 from zmdist.methods.prompting import grip_k, harmonic_mean, loss_weights, top_k_per_class
@@ -45,8 +44,8 @@ from zmdist.prompts.training import OptimSettings, predict_probs, train_round
 from zmdist.formats import open_embedding_run
 from zmdist.provenance import hash_json, provenance, write_run_files
 from zmdist.stages.common import check_run_info, resolve_device, shards_spec
-from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher, prompt_names
-from zmdist.teacher.loading import Teacher, teacher_fingerprint
+from zmdist.teacher import build_zeroshot_classifier, get_templates, prompt_names
+from zmdist.teacher.loading import Teacher, load_recorded_teacher
 
 NAME = "prompt-tune"
 HELP = "tune the teacher's prompts on its own pseudolabels (CoOp/VPT with FPL, IFPL or GRIP; SSL, TRZSL or UL)"
@@ -133,7 +132,7 @@ def _run(cfg: Config, out: Path) -> dict[str, Any]:
     if len(classnames) != len(manifest.classes):
         raise ConfigError(f"classnames: {len(classnames)} names given, the manifest has {len(manifest.classes)} classes")
     templates = get_templates(cfg.templates)
-    teacher, teacher_fp = _teacher(emb_info, emb_dir, device)
+    teacher, teacher_fp = load_recorded_teacher(emb_info, emb_dir, device)
     pool = load_split(emb_dir, manifest, cfg.train_split)
     test = load_split(emb_dir, manifest, cfg.eval_split) if cfg.eval_split in manifest.splits else None
     labelling = make_labelling(pool.labels, len(classnames), cfg.setting, labels_per_class=cfg.labels_per_class,
@@ -181,20 +180,6 @@ def _run(cfg: Config, out: Path) -> dict[str, Any]:
                                                                       templates=templates)})
     dist.barrier()
     return results
-
-
-def _teacher(emb_info: dict[str, Any], emb_dir: Location, device: torch.device) -> tuple[Teacher, dict[str, str]]:
-    """The teacher that embedded the images (random weights from its recorded seed), refused if it changed."""
-    spec, seed = emb_info["teacher"], int(emb_info.get("seed", 0))
-    teacher = load_teacher(spec["model"], spec["pretrained"] or None, device=device, seed=seed,
-                           model_config=spec.get("model_config") or None, cache_dir=spec.get("cache_dir") or None)
-    fp = teacher_fingerprint(spec["model"], spec["pretrained"] or None, seed, cache_dir=spec.get("cache_dir") or None)
-    embedded_by = emb_info.get("teacher_fingerprint")
-    if embedded_by is not None and embedded_by != fp:
-        raise ValueError(f"the teacher has changed since {emb_dir} was embedded (was {embedded_by!r}, now {fp!r}): "
-                         "prompts tuned on its text tower would not match the image embeddings. Restore the "
-                         "checkpoint, or re-run `zmdist embed` into a new --out folder.")
-    return teacher, fp
 
 
 class _Images:

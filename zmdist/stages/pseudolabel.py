@@ -54,8 +54,8 @@ from zmdist.stages.common import (
     shards_fingerprint,
     shards_spec,
 )
-from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teacher, prompt_names
-from zmdist.teacher.loading import teacher_fingerprint
+from zmdist.teacher import build_zeroshot_classifier, get_templates, prompt_names
+from zmdist.teacher.loading import load_recorded_teacher
 
 NAME = "pseudolabel"
 HELP = "zero-shot pseudolabels with confidence for every embedded sample (one sidecar per shard)"
@@ -110,11 +110,8 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     if len(classnames) != len(manifest.classes):
         raise ValueError(f"classnames: {len(classnames)} names given, the manifest has {len(manifest.classes)} classes")
     templates = get_templates(cfg.templates)
-    teacher_cfg = emb_info["teacher"]
-    seed = int(emb_info.get("seed", 0))
-    teacher = load_teacher(teacher_cfg["model"], teacher_cfg["pretrained"] or None, device=device,
-                           model_config=teacher_cfg.get("model_config") or None, seed=seed,
-                           cache_dir=teacher_cfg.get("cache_dir") or None)
+    teacher_cfg, seed = emb_info["teacher"], int(emb_info.get("seed", 0))
+    teacher, teacher_fp = load_recorded_teacher(emb_info, emb_dir, device, check=info.is_main)
     if cfg.classifier:
         classifier = load_classifier(Path(cfg.classifier), len(classnames)).to(device)
     else:
@@ -128,15 +125,6 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         raise ValueError(f"shards={cfg.shards} is not the shard set {emb_dir} was embedded from (other keys, counts "
                          f"or classes; embed read {emb_info['shards']})")
     if info.is_main:
-        teacher_fp = teacher_fingerprint(teacher_cfg["model"], teacher_cfg["pretrained"] or None, seed,
-                                         cache_dir=teacher_cfg.get("cache_dir") or None)
-        embedded_by = emb_info.get("teacher_fingerprint")
-        if embedded_by is not None and embedded_by != teacher_fp:
-            raise ValueError(
-                f"the teacher has changed since {emb_dir} was embedded (was {embedded_by!r}, now {teacher_fp!r}): "
-                "its text tower would not match the image embeddings. Restore the checkpoint, or re-run "
-                "`zmdist embed` into a new --out folder."
-            )
         check_run_info(out / INFO_FILE, {
             "splits": emb_info["splits"],
             "shards_fingerprint": emb_info.get("shards_fingerprint"),

@@ -289,3 +289,24 @@ def check_checkpoint_architecture(name: str, path: Path) -> None:
     raise ValueError(f"teacher.pretrained: {path} is a checkpoint of another architecture than teacher.model={name}: "
                      f"{like} ({describe(found)}); {name} has {describe(wanted)}. Set teacher.model to the "
                      "checkpoint's model (or teacher.model_config=JSON for a custom one)")
+
+
+def load_recorded_teacher(embed_info: dict[str, Any], where: object, device: torch.device | str = "cpu",
+                          check: bool = True) -> tuple[Teacher, dict[str, str] | None]:
+    """The teacher ``embed_info.json`` records (random weights from its recorded seed, or its checkpoint),
+    and its fingerprint; refused if that differs from the one that embedded the images in ``where``, because
+    its text tower would then not match those image embeddings. ``check=False`` skips the fingerprint (a
+    sha256 of the weights file: one rank hashing it is enough) and returns None for it."""
+    spec, seed = embed_info["teacher"], int(embed_info.get("seed", 0))
+    pretrained, cache_dir = spec["pretrained"] or None, spec.get("cache_dir") or None
+    teacher = load_teacher(spec["model"], pretrained, device=device, seed=seed,
+                           model_config=spec.get("model_config") or None, cache_dir=cache_dir)
+    if not check:
+        return teacher, None
+    now = teacher_fingerprint(spec["model"], pretrained, seed, cache_dir=cache_dir)
+    embedded_by = embed_info.get("teacher_fingerprint")
+    if embedded_by is not None and embedded_by != now:
+        raise ValueError(f"the teacher has changed since {where} was embedded (was {embedded_by!r}, now {now!r}): "
+                         "its text tower would not match the image embeddings. Restore the checkpoint, or re-run "
+                         "`zmdist embed` into a new --out folder.")
+    return teacher, now
