@@ -27,36 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-GPU_PEAK_TFLOPS = {"A100": 312.0, "H100/H200": 989.0}  # dense bf16, NVIDIA datasheets (SXM)
+from zmdist.bench.cost import GPU_PEAK_TFLOPS, flops_per_image, teacher_image_flops
 
 
-def flops_per_image(model: torch.nn.Module, size: int, backward: bool = False) -> float:
-    """FLOPs of one image through ``model`` (forward, or forward + backward), counted by torch on CPU."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.randn(2, 3, size, size, requires_grad=False)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(x)
-        if backward:
-            (out if isinstance(out, torch.Tensor) else out[0]).float().sum().backward()
-    return counter.get_total_flops() / 2
-
-
-def teacher_image_flops(name: str) -> float:
-    """FLOPs per image of an open_clip image tower with random weights (no download)."""
-    import open_clip
-
-    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=None)
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
-    # train() mode (dropout is 0 in these towers): in eval mode under no_grad, nn.MultiheadAttention takes
-    # a fused fast path the flop counter does not see, and only the MLPs would be counted
-    with torch.no_grad():
-        return flops_per_image(model.visual.train(), size)
-
-
-def student_train_flops(name: str, size: int) -> float:
+def timm_train_flops(name: str, size: int) -> float:
     """FLOPs per image of one training step (forward + backward) of a timm student."""
     import timm
 
@@ -139,7 +113,7 @@ def main() -> None:
     jpeg_bytes = float(np.mean([len(data) for data in web]))
     head_s = head_seconds_per_image()
     teacher_flops = {name: teacher_image_flops(name) for name in args.teachers}
-    student_flops = student_train_flops(args.student, args.student_size)
+    student_flops = timm_train_flops(args.student, args.student_size)
 
     print("inputs")
     for name, flops in teacher_flops.items():

@@ -93,6 +93,10 @@ def type_name(tp: Any) -> str:
         return " | ".join(type_name(a) for a in get_args(tp))
     if origin is list:
         return f"list[{type_name(get_args(tp)[0])}]"
+    if origin is dict:
+        return f"mapping of name -> {type_name(get_args(tp)[1])}"
+    if tp is Any:
+        return "any value"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
@@ -124,6 +128,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {type_name(tp)}, got {value!r} (write lists as [a, b])")
         (item,) = get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of name: value, got {value!r}")
+        _, item = get_args(tp)
+        return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:  # free-form (e.g. another stage's options, checked when that stage's config is built)
+        return value
     if tp is type(None):
         if value is not None:
             raise ConfigError(f"{key}: expected null, got {value!r}")
@@ -218,7 +229,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"--config {p}:{where}: YAML syntax error: {problem}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {p}: expected a mapping of options at the top level")
-        for key, value in _flatten(loaded).items():
+        for key, value in flatten(loaded).items():
             _set_dotted(tree, key, value)
     for text in overrides or []:
         key, value = parse_override(text)
@@ -226,11 +237,12 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return _build(cls, tree)
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested option sections as dotted keys (``{method: {name: x}}`` -> ``{"method.name": x}``)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

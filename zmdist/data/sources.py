@@ -5,7 +5,10 @@ Each scheme is a registered source builder ``(spec, argument) -> Source``, looke
 - ``imagefolder:PATH`` (``zmdist/data/source_imagefolder.py``): one sub-folder per class, or
   ``train/`` + ``val/``/``test/`` sub-trees as splits;
 - ``csv:FILE`` (``zmdist/data/source_csv.py``): columns ``path``, optional ``label`` and ``split``;
-- ``sklearn-digits`` (``zmdist/data/sklearn_digits.py``): scikit-learn's 1,797 real 8x8 digits.
+- ``sklearn-digits`` (``zmdist/data/sklearn_digits.py``): scikit-learn's 1,797 real 8x8 digits;
+- ``cifar10:ROOT``, ``cifar100:ROOT``, ``flowers102:ROOT``, ``dtd:ROOT``, ``eurosat:ROOT``, ``resisc45:ROOT``
+  (``zmdist/data/source_benchmarks.py``): the benchmark datasets as torchvision/torchgeo leave them on
+  disk, with their official splits and the class names prompts use.
 
 Adding a source is one decorated function in one file::
 
@@ -18,7 +21,8 @@ Adding a source is one decorated function in one file::
 The module must be imported before ``open_source`` is called: the built-in ones are imported by
 ``zmdist/data/__init__.py`` (which runs before any ``zmdist.data`` module), a plug-in elsewhere by whoever
 uses it. ``open_source`` splits the spec at its first ``:`` and passes the rest (``""`` if none) to the
-builder, which checks it and says what it expects.
+builder, which checks it and says what it expects. A builder that can fetch its data declares a
+``download: bool = False`` keyword; ``open_source(spec, download=True)`` passes it only to such builders.
 
 Keys come from the path relative to the source root (``cat/001.jpg`` -> ``cat__001``), so they are
 stable across runs and unique across splits; see ``make_keys``. Nothing depends on directory listing
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import math
 import os
 import re
@@ -158,8 +163,17 @@ SOURCES: Registry[SourceBuilder] = Registry("data source")
 """``scheme -> builder(spec, argument) -> Source``; register with ``@SOURCES.register("scheme")``."""
 
 
-def open_source(spec: str) -> Source:
-    """Open ``SCHEME`` or ``SCHEME:ARGUMENT`` with the builder registered for ``SCHEME``."""
+def can_download(builder: SourceBuilder) -> bool:
+    """Whether a builder declares the ``download`` keyword (it can fetch a missing dataset)."""
+    return "download" in inspect.signature(builder).parameters
+
+
+def open_source(spec: str, *, download: bool = False) -> Source:
+    """Open ``SCHEME`` or ``SCHEME:ARGUMENT`` with the builder registered for ``SCHEME``.
+
+    ``download=True`` lets a builder that declares ``download`` fetch a missing dataset; for any other
+    scheme it is an error rather than silently ignored, so nobody waits for a download that never comes.
+    """
     scheme, _, argument = spec.partition(":")
     if scheme not in SOURCES:
         close = difflib.get_close_matches(scheme, SOURCES.names(), n=3)
@@ -168,7 +182,14 @@ def open_source(spec: str) -> Source:
             f"unknown data source {spec!r}: no source scheme {scheme!r}{hint}; registered schemes: "
             f"{', '.join(SOURCES.names())} (write SCHEME or SCHEME:ARGUMENT, e.g. imagefolder:/data/pets)"
         )
-    return SOURCES.get(scheme)(spec, argument)
+    builder = SOURCES.get(scheme)
+    if not download:
+        return builder(spec, argument)
+    if not can_download(builder):
+        able = [name for name in SOURCES.names() if can_download(SOURCES.get(name))]
+        raise ValueError(f"{spec}: source {scheme!r} cannot download its data (download=true is accepted by "
+                         f"{', '.join(able) or 'no registered source'}); set download=false")
+    return builder(spec, argument, download=True)
 
 
 def require_argument(spec: str, argument: str, what: str) -> str:

@@ -6,7 +6,7 @@
    ``zmdist train labelled_keys=FILE``: the chain select -> train, with only the labelled set differing;
 3. ``zmdist al-sim`` on the same embeddings, shortened to fit the part's budget (one seed,
    ``AL_ROUNDS`` rounds): random / centroid / UP-DP initial pools, then DropQuery or random queries,
-   a dropout linear probe per round (configs/bench/al-digits.yaml is the full protocol).
+   a dropout linear probe per round (configs/al-sim-digits.yaml is the full protocol).
 """
 
 from __future__ import annotations

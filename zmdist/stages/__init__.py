@@ -99,6 +99,8 @@ def metavar(tp: Any) -> str:
     if origin is list:
         (item,) = get_args(tp)
         return f"LIST[{metavar(item)}]"
+    if origin is dict:
+        return "{KEY:VALUE,...}"
     return type_name(tp).upper().replace(" ", "")
 
 
@@ -161,12 +163,22 @@ def action_overrides(module: ModuleType, overrides: list[str]) -> list[str]:
     """``overrides`` with a leading bare word read as ``action=WORD`` when the stage has an ``action`` option.
 
     Stages with sub-commands (``zmdist transfer score ...``) declare ``action: Literal[...]`` in their
-    ``Config``; the word is then checked like any other value (an unknown action names the valid ones)."""
+    ``Config``; the word is then checked like any other value (an unknown action names the valid ones).
+    A stage may also declare ``POSITIONAL = "option"``: one more bare word fills that option, and a single
+    bare word that is not an action is that option (``zmdist bench SWEEP.yaml`` == ``zmdist bench run SWEEP.yaml``)."""
     overrides = list(overrides)
-    has_action = any(key == "action" for key, _, _ in iter_options(module.Config))
-    if has_action and overrides and "=" not in overrides[0]:
-        overrides[0] = f"action={overrides[0]}"
-    return overrides
+    options = {key: tp for key, tp, _ in iter_options(module.Config)}
+    positional = getattr(module, "POSITIONAL", None)
+    words: list[str] = []
+    while overrides and "=" not in overrides[0] and len(words) < 1 + bool(positional):
+        words.append(overrides.pop(0))
+    named: list[str] = []
+    if words and "action" in options and (not positional or words[0] in get_args(options["action"])
+                                           or len(words) == 2):
+        named.append(f"action={words.pop(0)}")
+    if words and positional:
+        named.append(f"{positional}={words.pop(0)}")
+    return [*named, *words, *overrides]
 
 
 def parse_stage_args(name: str, argv: list[str]) -> tuple[ModuleType, Any, Path, bool]:
@@ -207,6 +219,7 @@ register_stage("prompt-tune")
 register_stage("select")
 register_stage("al-sim")
 register_stage("transfer")
+register_stage("bench")
 register_stage("quickstart")
 
 __all__ = [

@@ -30,7 +30,11 @@ log = logging.getLogger("zmdist")
 
 @dataclass
 class Config:
-    source: str = option("", "SCHEME[:ARG], a registered source: imagefolder:PATH, csv:FILE (columns path,label[,split]), sklearn-digits")
+    source: str = option("", "SCHEME[:ARG], a registered source: imagefolder:PATH, csv:FILE (columns path,label[,split]), "
+                             "sklearn-digits, or a benchmark as torchvision stores it: cifar10:ROOT, cifar100:ROOT, "
+                             "flowers102:ROOT, dtd:ROOT[#N], eurosat:ROOT, resisc45:ROOT")
+    download: bool = option(False, "fetch a missing benchmark dataset (cifar10, cifar100, flowers102, dtd, eurosat) "
+                                   "into ROOT with torchvision first (needs internet)")
     shard_size: int = option(1000, "samples per tar shard", min=1)
     image_format: Literal["png", "jpg"] = option("png", "how images are stored in the shards (png is lossless)")
     jpeg_quality: int = option(95, "JPEG quality when image_format=jpg", min=0, max=100, min_exclusive=True)
@@ -52,7 +56,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         raise ValueError(f"test_fraction must be in [0, 1), got {cfg.test_fraction}")
     if cfg.shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {cfg.shard_size}")
-    source = open_source(cfg.source)
+    source = open_source(cfg.source, download=cfg.download)
     manifest = write_shards(
         source, out, shard_size=cfg.shard_size, image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality,
         seed=cfg.seed, test_fraction=cfg.test_fraction, overwrite=cfg.overwrite, progress=cfg.progress, max_pixels=cfg.max_pixels,

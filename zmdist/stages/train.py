@@ -73,6 +73,8 @@ class Config:
     method: Any = choice(METHODS, "zeromatch", "training method; its options are method.<option>")
     backend: Any = choice(BACKENDS, "accelerate", "accelerate (DDP) or deepspeed (ZeRO); options backend.<option>")
     student: str = option("cnn-small", "student: a registered name (cnn-small, cnn-tiny), timm:NAME or torchvision:NAME")
+    student_options: dict[str, Any] = option(factory=dict, help="keyword arguments of the student's constructor "
+                                             "(timm: e.g. {patch_size: 2, img_size: 32} for a ViT-S/2 at 32 px)")
     train_split: str = option("train", "split the student trains on")
     eval_split: str = option("test", "split evaluated exactly once across ranks")
     holdout_fraction: float = option(0.1, "share of the train split held out (seeded, no labels) where a phase selects "
@@ -184,7 +186,7 @@ def _run_phase(cfg: Config, phase: Phase, out: Path, shared: _Shared, init: Path
         stream = stream_loader(cfg.shards, cfg.train_split, info.rank, info.world_size, ubatch, cfg.num_workers,
                                sample, mode="train", seed=cfg.seed, positions=train_positions, access=cfg.shard_access,
                                shuffle_buffer=cfg.shuffle_buffer)
-    model: torch.nn.Module = create_student(cfg.student, num_classes)
+    model: torch.nn.Module = create_student(cfg.student, num_classes, **cfg.student_options)
     if init is not None:
         model.load_state_dict(load_file(str(init)))
         log.info("train[%s]: initialised from %s", phase.name, init)

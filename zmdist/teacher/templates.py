@@ -7,6 +7,28 @@ templates used (see ``zmdist.provenance``), because a silent template change cha
 
 from __future__ import annotations
 
+# CLIP's CIFAR-10/100 ensemble (data/prompts.md of openai/CLIP, Radford et al. 2021): 18 templates.
+_CLIP_CIFAR = [
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a black and white photo of a {}.",
+    "a low contrast photo of a {}.",
+    "a high contrast photo of a {}.",
+    "a bad photo of a {}.",
+    "a good photo of a {}.",
+    "a photo of a small {}.",
+    "a photo of a big {}.",
+    "a photo of the {}.",
+    "a blurry photo of the {}.",
+    "a black and white photo of the {}.",
+    "a low contrast photo of the {}.",
+    "a high contrast photo of the {}.",
+    "a bad photo of the {}.",
+    "a good photo of the {}.",
+    "a photo of the small {}.",
+    "a photo of the big {}.",
+]
+
 TEMPLATE_SETS: dict[str, list[str]] = {
     "simple": ["a photo of a {}."],
     # ZeroMatch's published CLIP prompt.
@@ -34,6 +56,49 @@ TEMPLATE_SETS: dict[str, list[str]] = {
         "a handwritten {}.",
         "a handwritten digit {}.",
         "the number {} written by hand.",
+    ],
+    # The per-dataset ensembles of CLIP's data/prompts.md (openai/CLIP), named after the zmdist source
+    # schemes; the classes they expect are the readable names in zmdist.data.benchmark_classes.
+    "cifar10": list(_CLIP_CIFAR),  # CLIP's CIFAR10 templates
+    "cifar100": list(_CLIP_CIFAR),  # CLIP's CIFAR100 templates (the same 18 as CIFAR10)
+    "flowers102": ["a photo of a {}, a type of flower."],  # CLIP's Flowers102 template
+    # CLIP's DescribableTextures templates (8 in prompts.md)
+    "dtd": [
+        "a photo of a {} texture.",
+        "a photo of a {} pattern.",
+        "a photo of a {} thing.",
+        "a photo of a {} object.",
+        "a photo of the {} texture.",
+        "a photo of the {} pattern.",
+        "a photo of the {} thing.",
+        "a photo of the {} object.",
+    ],
+    # CLIP's EuroSAT templates
+    "eurosat": [
+        "a centered satellite photo of {}.",
+        "a centered satellite photo of a {}.",
+        "a centered satellite photo of the {}.",
+    ],
+    # CLIP's RESISC45 templates (18)
+    "resisc45": [
+        "satellite imagery of {}.",
+        "aerial imagery of {}.",
+        "satellite photo of {}.",
+        "aerial photo of {}.",
+        "satellite view of {}.",
+        "aerial view of {}.",
+        "satellite imagery of a {}.",
+        "aerial imagery of a {}.",
+        "satellite photo of a {}.",
+        "aerial photo of a {}.",
+        "satellite view of a {}.",
+        "aerial view of a {}.",
+        "satellite imagery of the {}.",
+        "aerial imagery of the {}.",
+        "satellite photo of the {}.",
+        "aerial photo of the {}.",
+        "satellite view of the {}.",
+        "aerial view of the {}.",
     ],
 }
 
