@@ -163,3 +163,16 @@ def test_every_config_in_configs_bench_is_a_valid_sweep_and_plans():
         sweep = load_sweep(path)
         plan = build_plan(sweep, Path("/nonexistent/out"))  # every cell's options checked against its stage
         assert plan.cells, path.name
+
+
+def test_a_cells_process_is_a_world_of_its_own(monkeypatch):
+    """Catches an array task's position or its parent's process group leaking into a cell: the cell's
+    stage would take only its share of the work (al-sim splits cells by task) or wait for absent ranks."""
+    from zmdist.bench.runner import child_env
+
+    for var, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "n1",
+                       "MASTER_PORT": "20001", "ZMDIST_TASK_INDEX": "5", "ZMDIST_NUM_TASKS": "8"}.items():
+        monkeypatch.setenv(var, value)
+    env = child_env()
+    assert not {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"} & set(env)
+    assert (env["ZMDIST_TASK_INDEX"], env["ZMDIST_NUM_TASKS"]) == ("0", "1")

@@ -52,6 +52,19 @@ def test_store_joins_by_shard_and_key(tmp_path):
         store.lookup("train-000009.tar", "k0")
 
 
+def test_atomic_writes_get_the_umasks_permissions_not_owner_only(tmp_path):
+    """Catches results readable by their owner only (mkstemp's 0600) on a cluster where a group shares them."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "a.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+
+
 def test_atomic_write_leaves_nothing_on_failure_and_cleans_leftovers(tmp_path):
     target = tmp_path / "out.npz"
     with pytest.raises(RuntimeError):

@@ -3,6 +3,8 @@
 Write to a temp file in the same folder, fsync, then ``os.replace``. The temp name is
 ``.tmp-<target name>.<random>``, so a crash leaves a clearly-named leftover, and the process that owns a
 target (and only it: parallel jobs may be writing their own) removes it with ``clean_temp_files``.
+The finished file gets the permissions a plain ``open()`` would give it (0666 minus the umask), not
+``mkstemp``'s owner-only 0600: on a shared cluster the group must be able to read the results.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ import numpy as np
 TEMP_PREFIX = ".tmp-"
 
 
+def _file_mode() -> int:
+    """0666 minus this process's umask (os.umask can only be read by setting it: set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it is renamed onto ``path``, on error removed."""
@@ -28,6 +37,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
