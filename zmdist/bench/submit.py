@@ -41,7 +41,7 @@ def submit_plan(plan: Plan, sweep_file: str, slurm: dict[str, dict[str, Any]], *
                 timeout: float | None = None) -> dict[str, Any]:
     """Submit what is not done; with ``wait``, return when every job is over. Returns the job ids."""
     out = Path(plan.out)
-    base = ["run", sweep_file, "--out", str(out), "launcher=local"]
+    base = ["run", str(Path(sweep_file).resolve()), "--out", str(out), "launcher=local"]  # jobs may start elsewhere
     shared_todo = [s for s in plan.shared if not is_done(s)]
     cells_todo = [c for c in plan.cells if c.argv and not is_done(c)]
     submitted, records = [], []

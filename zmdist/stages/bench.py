@@ -104,7 +104,7 @@ def _finish(cfg: Config, plan: Plan, out: Path, extra: dict[str, Any]) -> dict[s
                "report": result["files"]}
     write_run_files(out, to_dict(cfg), {**results, **provenance()})
     if failed:
-        raise ValueError(f"bench: {len(failed)} step(s) did not finish ({', '.join(failed[:5])}"
+        raise ValueError(f"{len(failed)} step(s) did not finish ({', '.join(failed[:5])}"
                          f"{', ...' if len(failed) > 5 else ''}); see {out / 'report.md'} and the logs in {out / 'logs'}; "
                          "rerun the same command to retry only those")
     return results
