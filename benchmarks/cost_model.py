@@ -9,7 +9,8 @@ nodes of 8 GPUs; then how to cut the embedding job array. Every input is printed
   resize images/s per core, and JPEG bytes per image (photo crops re-encoded like ``img2dataset`` writes
   them: 256 px, quality 95), zero-shot head cost per image (a timed CPU matmul; negligible either way);
 - PUBLISHED: the GPUs' dense bf16 peaks (NVIDIA datasheets: A100 SXM 312 TFLOP/s, H100/H200 SXM 989 TFLOP/s);
-- ASSUMED (replace with `../shared/notes/GPU.md` figures once a GPU run exists): the model FLOP utilisation
+- ASSUMED (replace with measured figures once a GPU run exists; ``benchmarks/COST.md`` lists the GPU
+  measurements still to take): the model FLOP utilisation
   (``--mfu``, default 0.40 for batched bf16 inference of a ViT), cores per GPU (``--cores-per-gpu``, 12), the
   node's network bandwidth (``--network-gbit``, 100 Gbit/s) and the student's training MFU (``--train-mfu``).
 

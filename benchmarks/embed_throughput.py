@@ -74,7 +74,7 @@ def zmdist_embed(shards: Path, out: Path, model_name: str, batch_size: int, work
     if out.exists():
         shutil.rmtree(out)
     start = time.perf_counter()
-    cfg = load_config(embed.Config, None, [f"shards={shards}", f"teacher.model={model_name}",
+    cfg = load_config(embed.Config, None, [f"shards={shards}", f"teacher.model={model_name}", "teacher.pretrained=random",
                                            f"batch_size={batch_size}", f"num_workers={workers}", "progress=false",
                                            f"jpeg_draft={draft}"])
     results = embed.run(cfg, out)

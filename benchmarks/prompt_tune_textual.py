@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="a prepare_digits folder (shards/, embeddings/); default: made in a temp dir")
     parser.add_argument("--teacher-model", default="zmdist-tiny-vit")
-    parser.add_argument("--pretrained", default="", help="teacher checkpoint the --data was embedded with (empty: random, seed 0)")
+    parser.add_argument("--pretrained", default="random", help="teacher checkpoint the --data was embedded with (random: seed 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--k", type=int, default=16, help="pseudolabels per class (FPL)")
@@ -62,7 +62,7 @@ def main() -> None:
 
 def run(data: Path, args: argparse.Namespace) -> None:
     manifest = Manifest.load(data / "shards")
-    teacher = load_teacher(args.teacher_model, args.pretrained or None, seed=0)  # as prepare_digits embedded
+    teacher = load_teacher(args.teacher_model, args.pretrained, seed=0)  # as prepare_digits embedded
     pool = load_split(Location.parse(data / "embeddings"), manifest, "train")
     images = torch.stack([teacher.preprocess(s["image"]) for shard in manifest.shard_paths("train")
                           for s in iter_shard(shard)])

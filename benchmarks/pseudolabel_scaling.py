@@ -55,10 +55,10 @@ def make_embeddings(root: Path, total: int, shard_size: int, config: Path) -> Pa
     Manifest("synthetic", [f"class{c}" for c in range(CLASSES)], "png",
              {"train": SplitInfo(infos, total, total)}).save(shards)
     register_model_configs(config)
-    teacher = {"model": config.stem, "pretrained": "", "model_config": str(config)}
+    teacher = {"model": config.stem, "pretrained": "random", "model_config": str(config)}
     (emb / "embed_info.json").write_text(json.dumps({
         "splits": ["train"], "shards_fingerprint": hash_json(["synthetic", total]),
-        "teacher_fingerprint": teacher_fingerprint(config.stem, None, 0),
+        "teacher_fingerprint": teacher_fingerprint(config.stem, "random", 0),
         "shards": str(shards), "teacher": teacher, "seed": 0}))
     return emb
 

@@ -45,7 +45,7 @@ def run_once(nproc: int, shards: Path, out: Path, args: argparse.Namespace) -> d
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "zmdist", "embed", "--shards", str(shards), "--out", str(out),
-           f"teacher.model={args.teacher}", f"batch_size={args.batch_size}", f"num_workers={args.num_workers}",
+           f"teacher.model={args.teacher}", "teacher.pretrained=random", f"batch_size={args.batch_size}", f"num_workers={args.num_workers}",
            "progress=false", *args.overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     if proc.returncode != 0:

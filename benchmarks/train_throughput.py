@@ -149,7 +149,7 @@ def run_zmdist(nproc: int, args: argparse.Namespace, env: dict, out: Path) -> fl
 def prepare(tmp: Path) -> tuple[Path, Path]:
     from zmdist.demo.digits_pipeline import prepare_digits
 
-    prepare_digits(tmp, teacher_model="zmdist-micro-vit", num_workers=0)
+    prepare_digits(tmp, teacher_model="zmdist-micro-vit", pretrained="random", num_workers=0)
     return tmp / "shards", tmp / "pseudolabels"
 
 

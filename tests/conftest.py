@@ -17,10 +17,12 @@ from webdataset import TarWriter
 from zmdist.data.manifest import Manifest, ShardInfo, SplitInfo
 
 
-def write_uneven_shards(root: Path, counts: list[int], split: str = "train", num_classes: int = 3) -> list[str]:
+def write_uneven_shards(root: Path, counts: list[int], split: str = "train", num_classes: int = 3,
+                        labelled: bool = True) -> list[str]:
     """Real shards in the zmdist format with exactly ``counts`` samples each (``write_shards`` only makes
     equal shards but the last); returns every key. Sample ``j`` of shard ``i`` has key ``s{i}_{j}``,
-    label ``(i + j) % num_classes`` and a 4x4 image whose red value is ``j``."""
+    label ``(i + j) % num_classes`` (none with ``labelled=False``) and a 4x4 image whose red value is ``j``
+    and green value ``i``."""
     root.mkdir(parents=True, exist_ok=True)
     shards, keys = [], []
     for i, count in enumerate(counts):
@@ -30,13 +32,16 @@ def write_uneven_shards(root: Path, counts: list[int], split: str = "train", num
                 key, label = f"s{i}_{j}", (i + j) % num_classes
                 buf = io.BytesIO()
                 Image.new("RGB", (4, 4), (j % 256, i % 256, 0)).save(buf, format="PNG")
-                meta = {"key": key, "origin": f"test:{key}", "label": label}
-                tar.write({"__key__": key, "png": buf.getvalue(), "cls": str(label).encode(),
-                           "json": json.dumps(meta).encode()})
+                meta = {"key": key, "origin": f"test:{key}", "label": label if labelled else None}
+                record = {"__key__": key, "png": buf.getvalue()}
+                if labelled:
+                    record["cls"] = str(label).encode()
+                record["json"] = json.dumps(meta).encode()
+                tar.write(record)
                 keys.append(key)
         shards.append(ShardInfo(name, count))
     Manifest(source="test", classes=[f"c{k}" for k in range(num_classes)], image_format="png",
-             splits={split: SplitInfo(shards, sum(counts), sum(counts))}).save(root)
+             splits={split: SplitInfo(shards, sum(counts), sum(counts) if labelled else 0)}).save(root)
     return keys
 
 

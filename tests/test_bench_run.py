@@ -19,7 +19,7 @@ OFFLINE = ROOT / "configs" / "bench" / "offline.yaml"
 # a random-weight micro teacher: the pipeline's mechanics in seconds (numbers are near chance)
 SMALL = {
     "name": "small",
-    "teachers": {"micro": {"model": "zmdist-micro-vit"}},
+    "teachers": {"micro": {"model": "zmdist-micro-vit", "pretrained": "random"}},
     "datasets": {"digits": {"source": "sklearn-digits", "shard": {"test_fraction": 0.25, "shard_size": 500}}},
     "methods": {"zero-shot": {"stage": "zero-shot"},
                 "supervised": {"stage": "train", "options": {"method.name": "supervised"}}},

@@ -217,8 +217,8 @@ def test_out_pointing_at_a_file_is_refused(tmp_path):
 
 def test_registry_knows_the_stages_in_pipeline_order():
     """Catches a built-in stage falling out of the registry, or `zmdist --help` listing them out of order."""
-    assert stage_names() == ["shard", "embed", "pseudolabel", "train", "prompt-tune", "select", "al-sim",
-                             "transfer", "bench", "quickstart"]
+    assert stage_names() == ["shard", "embed", "pseudolabel", "train", "export", "predict", "prompt-tune", "select",
+                             "al-sim", "transfer", "bench", "quickstart"]
     assert stage_summary("embed") == load_stage("embed").HELP
 
 

@@ -46,7 +46,7 @@ def test_imagefolder_through_the_cli(tmp_path):
     assert s["converted"].get("L->RGB") == 3 and s["converted"].get("RGBA->RGB") == 3
 
     r = zmdist_cli("embed", "--shards", str(shards), "--out", str(emb), "--teacher.model", "zmdist-micro-vit",
-                   "--num_workers", "2", "--batch_size", "16")
+                   "--teacher.pretrained", "random", "--num_workers", "2", "--batch_size", "16")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "img/s" in r.stderr  # the progress bar reports throughput
     r = zmdist_cli("pseudolabel", "--embeddings", str(emb), "--out", str(pl), "templates=imagenet7", "topk=2")

@@ -1,5 +1,6 @@
 """Config loading: defaults < YAML < overrides, and clear errors naming the key."""
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ class Cfg:
     precision: Literal["fp32", "bf16"] = option("fp32", "precision")
     templates: str | list[str] = option("simple", "set or list")
     task_index: int | None = option(None, "optional")
+    names: dict[str, int] = option(factory=dict, help="by name")
 
 
 def test_defaults_yaml_and_overrides_in_order(tmp_path):
@@ -82,6 +84,36 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
     f = tmp_path / "broken.yaml"
     f.write_text("shards: /data\nbatch_size: [1, 2\nlr: 0.1\n")
     with pytest.raises(ConfigError, match=r"broken.yaml: line \d+, column \d+: YAML syntax error"):
+        load_config(Cfg, f)
+
+
+def test_a_key_given_twice_is_refused_naming_file_and_line(tmp_path):
+    """Catches PyYAML's silent last-one-wins: the second `model:` replacing the first without a word."""
+    f = tmp_path / "twice.yaml"
+    f.write_text("shards: /data\ninner:\n  model: RN50\n  scale: 2\n  model: ViT-B-32\n")
+    with pytest.raises(ConfigError, match=re.escape(f"--config {f}: line 5, column 3: key 'model' appears twice "
+                                                    "(first at line 3): keep one")):
+        load_config(Cfg, f)
+    f.write_text("shards: /data\ninner.model: RN50\ninner:\n  model: ViT-B-32\n")
+    with pytest.raises(ConfigError, match=re.escape(f"--config {f}: inner.model: given twice")):
+        load_config(Cfg, f)
+    f.write_text("shards: /data\nnames: {1: 1, '1': 2}\n")  # distinct in YAML, one name here
+    with pytest.raises(ConfigError, match=re.escape(f"--config {f}: names.1: given twice")):
+        load_config(Cfg, f)
+    with pytest.raises(ConfigError, match="names: '1' named twice"):
+        load_config(Cfg, None, ["shards=x", "names={1: 1, '1': 2}"])
+    with pytest.raises(ConfigError, match=re.escape("override 'names={a: 1, a: 2}': key 'a' appears twice")):
+        parse_override("names={a: 1, a: 2}")
+    f.write_text("shards: /data\nnames: {1: 1, true: 2}\n")  # one Python dict entry
+    with pytest.raises(ConfigError, match=re.escape(f"--config {f}: line 2, column 15: key True appears twice")):
+        load_config(Cfg, f)
+
+
+def test_a_garbled_config_file_is_one_error_naming_it(tmp_path):
+    """Catches a bare UnicodeDecodeError without the file's name."""
+    f = tmp_path / "garbled.yaml"
+    f.write_bytes(b"shards: /data\n\x89PNG\x00\xff")
+    with pytest.raises(ConfigError, match=re.escape(f"--config {f}: not UTF-8 text (byte 0x89 at offset 14)")):
         load_config(Cfg, f)
 
 

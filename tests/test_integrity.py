@@ -27,7 +27,7 @@ from zmdist.stages import embed, pseudolabel, shard
 from zmdist.stages.common import WorkerLock
 from zmdist.teacher import load_teacher
 
-TEACHER = ["teacher.model=zmdist-micro-vit"]
+TEACHER = ["teacher.model=zmdist-micro-vit", "teacher.pretrained=random"]
 
 
 def _env() -> dict[str, str]:
@@ -83,7 +83,7 @@ def test_a_moved_shard_folder_resumes(digits, tmp_path):
 def _save_checkpoint(path: Path, shift: float) -> None:
     from safetensors.torch import save_file
 
-    state = load_teacher("zmdist-micro-vit").model.state_dict()
+    state = load_teacher("zmdist-micro-vit", "random").model.state_dict()
     save_file({k: (v + shift if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(path))
 
 
@@ -142,7 +142,7 @@ def test_embed_refuses_a_manifest_that_undercounts_a_shard(tmp_path, make_shards
 def test_embed_reading_path_checks_the_count_too(tmp_path, make_shards):
     shards, _ = make_shards([5])
     job = embed.ShardJob(0, "train", "train-000000.tar", 4, shards / "train-000000.tar", tmp_path / "x.npz")
-    teacher = load_teacher("zmdist-micro-vit")
+    teacher = load_teacher("zmdist-micro-vit", "random")
     with pytest.raises(ValueError, match=r"holds 5 samples but the manifest says 4"):
         list(embed._ShardImages([job], teacher.preprocess))
 
@@ -199,11 +199,11 @@ def test_shard_verify_passes_a_sound_set_and_lists_every_problem(digits, tmp_pat
 
 def test_random_teacher_is_the_same_in_every_process_and_rerun(digits, tmp_path):
     torch.manual_seed(123)
-    a, b = load_teacher("zmdist-micro-vit"), load_teacher("zmdist-micro-vit")
+    a, b = load_teacher("zmdist-micro-vit", "random"), load_teacher("zmdist-micro-vit", "random")
     for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), name
     assert not all(torch.equal(x, y) for x, y in zip(
-        a.model.state_dict().values(), load_teacher("zmdist-micro-vit", seed=1).model.state_dict().values()))
+        a.model.state_dict().values(), load_teacher("zmdist-micro-vit", "random", seed=1).model.state_dict().values()))
     # two runs (as two ranks would) embed identically; another seed is another teacher and is refused
     _embed(digits, tmp_path / "e1")
     _embed(digits, tmp_path / "e2")

@@ -18,7 +18,7 @@ from zmdist.cluster import report, slurm, submit, task
 from zmdist.cluster.rendezvous import expand_hostlist, port_for_job, rendezvous_from_slurm
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = ["teacher.model=zmdist-micro-vit", "num_workers=0", "progress=false"]
+TEACHER = ["teacher.model=zmdist-micro-vit", "teacher.pretrained=random", "num_workers=0", "progress=false"]
 
 
 def clean_env() -> dict[str, str]:
@@ -237,6 +237,10 @@ def test_submit_refuses_bad_input_before_submitting(tmp_path):
     bad_key = zmdist("submit", "--cluster", "local", "embed", "--shards", "S", "--out", str(tmp_path), "teacher.modl=x")
     assert bad_key.returncode == 2 and "teacher.modl" in bad_key.stderr
     assert zmdist("submit", "--cluster", "local", "nosuchstage").returncode == 2
+    random_teacher = zmdist("submit", "--cluster", "local", "embed", "--shards", "S", "--out", str(tmp_path / "e"),
+                            "teacher.model=zmdist-micro-vit")  # no teacher.pretrained: refused before submitting
+    assert random_teacher.returncode == 2 and "teacher.pretrained is empty" in random_teacher.stderr
+    assert not (tmp_path / "e").exists()
     assert zmdist("submit", "--cluster", "local", "--nodes", "2", "embed", "--shards", "S", "--out",
                   str(tmp_path)).returncode == 2
     helps = zmdist("submit", "--help")

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from zmdist.methods.prompting import grip_k, harmonic_mean, loss_weights, top_k_per_class, weighted_prompt_loss
+from zmdist.methods.prompting import (candidate_probs, grip_k, harmonic_mean, loss_weights, part_mean_prompt_loss,
+                                      released_loss_weights, top_k_per_class, weighted_prompt_loss)
 
 
 def P(rows: list[list[float]]) -> torch.Tensor:
@@ -130,7 +131,7 @@ def test_grip_last_round_pseudolabels_the_whole_pool():
 
 
 def test_loss_weights_per_setting():
-    """METHODS.md: SSL |P|/|L| * CE_L + CE_P (multimodal sqrt); TRZSL CE_L + |L|/|P| * CE_P; UL CE_P."""
+    """docs/methods.md section 2: SSL |P|/|L| * CE_L + CE_P (multimodal sqrt); TRZSL CE_L + |L|/|P| * CE_P; UL CE_P."""
     assert loss_weights("ssl", 20, 100) == (5.0, 1.0)
     assert loss_weights("ssl", 20, 100, multimodal=True) == (math.sqrt(5.0), 1.0)
     assert loss_weights("trzsl", 20, 100) == (1.0, 0.2)
@@ -152,3 +153,83 @@ def test_weighted_loss_hand_computed_and_global_batch_split():
              + weighted_prompt_loss(logits[1:], targets[1:], lab[1:], 2.0, 1.0, batch_total=3))
     assert parts.item() == pytest.approx(whole.item())
     assert harmonic_mean(0.5, 1.0) == pytest.approx(2 / 3) and harmonic_mean(0, 0) == 0
+
+
+def test_grip_k_released_schedule_floors_on_the_flowers102_pool():
+    """Flowers102's SSL pool (816 unlabelled, 102 classes), the released code's arithmetic by hand:
+    num_samples = int(816 / 10) = 81, K_t = int((t+1) * 81 / 102) = 0, 1, 2, 3, 3, 4, 5, 6, 7, 7, cap
+    int(816 / 102) = 8; the clean schedule: ceil((t+1) * 816 / 1020) = 1, 2, ..., 8. Kills: rounding up in
+    released mode, a cap of ceil, num_samples not floored first (int(729 * ... ) differs: t=9 -> 8)."""
+    assert [grip_k(t, 816, 102, schedule="released") for t in range(10)] == [0, 1, 2, 3, 3, 4, 5, 6, 7, 7]
+    assert [grip_k(t, 816, 102) for t in range(10)] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]
+    assert grip_k(10, 816, 102, schedule="released") == 8  # int(11 * 81 / 102)
+    assert grip_k(30, 816, 102, schedule="released") == 8  # capped at floor(|U| / C), not int(31 * 81 / 102) = 24
+    with pytest.raises(ValueError, match="schedule must be"):
+        grip_k(0, 816, 102, schedule="ceil")
+
+
+@pytest.mark.parametrize("setting, strategy, multimodal, expected", [
+    ("ssl", "fpl", False, (4.0, 1.0)),            # |P|/|L| * CE_L + CE_P
+    ("ssl", "fpl", True, (2.0, 1.0)),             # sqrt(|P|/|L|)
+    ("ssl", "ifpl", False, (0.25, 1.0)),          # update_training_set: |L|/|P| every round
+    ("ssl", "grip", True, (0.25, 1.0)),           # ... multimodal too (no sqrt there)
+    ("trzsl", "fpl", False, (1.0, 0.25)),         # CE_L + |L|/|P| * CE_P
+    ("trzsl", "fpl", True, (1.0, 0.5)),           # multimodal FPL: sqrt(|L|/|P|)
+    ("trzsl", "grip", False, (1.0, 0.25)),
+    ("trzsl", "ifpl", True, (1.0, 0.25)),
+    ("ul", "grip", False, (0.0, 1.0)),
+    ("ssl", "none", False, (1.0, 0.0)),           # CoOp on the labels
+])
+def test_released_loss_against_a_hand_computed_batch(setting, strategy, multimodal, expected):
+    """|L| = 10, |P| = 40 training rows. A batch of rows [L, L, P] over 2 classes with logits (ln 3, 0), (0, 0),
+    (ln 3, 0) and targets 0, 1, 1: CEs ln(4/3), ln 2, ln 4, so the released loss is
+    w_L * (ln(4/3) + ln 2) / 2 + w_P * ln 4; checked too against the released code's own computation (one
+    torch CrossEntropyLoss per part). Kills: the clean sum / B (which gives (w_L (ln 4/3 + ln 2) + w_P ln 4) / 3),
+    the SSL FPL weight kept in IFPL/GRIP, a sqrt outside multimodal FPL, swapped parts."""
+    w = released_loss_weights(setting, strategy, 0 if setting == "ul" else 10, 40, multimodal=multimodal)
+    assert w == pytest.approx(expected)
+    logits = torch.tensor([[math.log(3), 0.0], [0.0, 0.0], [math.log(3), 0.0]])
+    targets = torch.tensor([0, 1, 1])
+    lab = torch.tensor([True, True, False])
+    by_hand = w[0] * (math.log(4 / 3) + math.log(2)) / 2 + w[1] * math.log(4)
+    loss = part_mean_prompt_loss(logits, targets, lab, *w)
+    assert loss.item() == pytest.approx(by_hand)
+    ce = torch.nn.CrossEntropyLoss()
+    assert loss.item() == pytest.approx(w[0] * ce(logits[:2], targets[:2]).item() + w[1] * ce(logits[2:], targets[2:]).item())
+
+
+def test_released_loss_absent_part_global_batch_split_and_bad_input():
+    """A batch without labelled rows adds 0 for them (the released ``error = 0``), and two ranks' halves with
+    the global per-part counts add up to the whole. Kills: nan from an empty mean, local counts."""
+    logits = torch.tensor([[math.log(3), 0.0], [0.0, 0.0], [math.log(3), 0.0], [0.0, 0.0]], requires_grad=True)
+    targets = torch.tensor([0, 1, 1, 0])
+    lab = torch.tensor([True, False, False, False])
+    only_p = part_mean_prompt_loss(logits[1:], targets[1:], lab[1:], 5.0, 1.0)
+    assert only_p.item() == pytest.approx((math.log(2) + math.log(4) + math.log(2)) / 3)
+    whole = part_mean_prompt_loss(logits, targets, lab, 5.0, 1.0)
+    halves = (part_mean_prompt_loss(logits[:2], targets[:2], lab[:2], 5.0, 1.0, batch_labelled=1, batch_pseudo=3)
+              + part_mean_prompt_loss(logits[2:], targets[2:], lab[2:], 5.0, 1.0, batch_labelled=1, batch_pseudo=3))
+    assert halves.item() == pytest.approx(whole.item())
+    assert whole.item() == pytest.approx(5 * math.log(4 / 3) + only_p.item())
+    assert released_loss_weights("ssl", "grip", 10, 0) == (1.0, 0.0)  # a K = 0 round: the labels alone
+    with pytest.raises(ValueError, match="needs labelled"):
+        released_loss_weights("trzsl", "grip", 0, 10)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        released_loss_weights("ssl", "fixmatch", 10, 10)
+
+
+def test_candidate_probs_released_trzsl_softmax_is_the_softmax_over_unseen_logits():
+    """The released TRZSL ranks by a softmax over the unseen classes' logits: renormalised columns equal it
+    (independent reference: softmax of the logit columns), and the ranking can differ from the restricted
+    all-class softmax: for class 1, image 1 has more probability in absolute terms, image 0 relative to
+    the other unseen class (most of image 0's mass is on the seen class 0).
+    Kills: restricting without renormalising, renormalising over the wrong columns."""
+    logits = torch.tensor([[5.0, 2.0, 0.0], [0.0, 0.5, 0.0]])  # class 0 seen, classes 1 and 2 unseen
+    probs = logits.softmax(dim=1)
+    released = candidate_probs(probs, [1, 2], "candidates")
+    torch.testing.assert_close(released, logits[:, [1, 2]].double().softmax(dim=1))
+    clean = candidate_probs(probs, [1, 2])
+    torch.testing.assert_close(clean, probs[:, [1, 2]].double())
+    assert top_k_per_class(clean, 1)[0] == [1] and top_k_per_class(released, 1)[0] == [0]  # column 0 = class 1
+    with pytest.raises(ValueError, match="softmax_over"):
+        candidate_probs(probs, [1], "unseen")

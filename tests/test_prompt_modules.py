@@ -17,7 +17,7 @@ OPTIM = OptimSettings(lr=0.1, momentum=0.9, weight_decay=0.1, batch_size=8, epoc
 
 @pytest.fixture(scope="module")
 def teacher():
-    return load_teacher("zmdist-tiny-vit", None, seed=0)
+    return load_teacher("zmdist-tiny-vit", "random", seed=0)
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

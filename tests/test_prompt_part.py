@@ -24,7 +24,7 @@ def test_prompt_part_chains_grip_pseudolabel_and_a_zeromatch_student(tmp_path, m
     head's argmax (not the zero-shot ones), the student trained on them, no label was used by the tuning,
     and the rows name each figure. Kills: the student pointed at the zero-shot pseudolabels, the part
     tuning with labels (setting ssl), rows that drop the GRIP figure."""
-    prepare_digits(tmp_path, teacher_model="zmdist-micro-vit", shard_size=400)
+    prepare_digits(tmp_path, teacher_model="zmdist-micro-vit", pretrained="random", shard_size=400)
     monkeypatch.setattr(prompt_part, "ROUNDS", 2)
     monkeypatch.setattr(prompt_part, "EPOCHS", 1)
     settings = SimpleNamespace(student="cnn-tiny", student_img_size=16, labels_per_class=2, train_steps=10,
@@ -32,7 +32,7 @@ def test_prompt_part_chains_grip_pseudolabel_and_a_zeromatch_student(tmp_path, m
     out = tmp_path / "prompt"
     out.mkdir()
     ctx = PartContext(out=out, shards=tmp_path / "shards", embeddings=tmp_path / "embeddings",
-                      pseudolabels=tmp_path / "pseudolabels", teacher_model="zmdist-micro-vit", teacher_checkpoint="",
+                      pseudolabels=tmp_path / "pseudolabels", teacher_model="zmdist-micro-vit", teacher_checkpoint="random",
                       templates="digits", seeds=[3], labels_per_class=2,
                       student_overrides=lambda method, seed: student_overrides(settings, method, seed, None, None))
     results = prompt_part.run_part(ctx)

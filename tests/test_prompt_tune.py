@@ -16,7 +16,7 @@ import pytest
 from zmdist.config import ConfigError, load_config
 from zmdist.demo.digits_pipeline import prepare_digits
 from zmdist.formats import EmbeddingShard, PseudolabelShard
-from zmdist.methods.prompting import grip_k
+from zmdist.methods.prompting import grip_k, top_k_per_class
 from zmdist.prompts import load_prompt
 from zmdist.stages import prompt_tune, pseudolabel
 
@@ -32,7 +32,7 @@ def _one_thread(one_torch_thread):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prompt-digits")
-    prepare_digits(root, teacher_model="zmdist-micro-vit", shard_size=400)
+    prepare_digits(root, teacher_model="zmdist-micro-vit", pretrained="random", shard_size=400)
     return root
 
 
@@ -212,3 +212,119 @@ def test_two_ranks_give_the_one_rank_pseudolabels(digits, tmp_path):
         pa, pb = (np.load(d / f"round-{t:02d}" / "pool_probs.npy") for d in (one, two))
         np.testing.assert_array_equal(pa.argmax(1), pb.argmax(1))
         np.testing.assert_allclose(pa, pb, atol=1e-4)
+
+
+RELEASED = ["loss_balance=released", "k_schedule=released", "rounds_init=released", "keep_epoch=last",
+            "ssl_draw=released", "trzsl_softmax=unseen"]
+
+
+@pytest.mark.parametrize("init", ["fresh", "released"])
+def test_a_round_starts_fresh_or_warm_from_the_last_one(digits, tmp_path, init):
+    """With a learning rate of 1e-9 a round's prompt stays at its start: `fresh` rounds start from their own
+    seeded init (round 1's context differs from round 0's), `released` rounds from the last round's learned
+    context (equal). Kills: a warm start that is not loaded, or one leaking into fresh rounds."""
+    out = tmp_path / init
+    _run(digits, out, "setting=ul", "strategy=grip", "rounds=2", "optim.lr=1e-9", f"rounds_init={init}")
+    ctx0, ctx1 = (load_prompt(out / f"round-{t:02d}" / "prompt.safetensors")[0]["ctx"] for t in range(2))
+    if init == "released":
+        torch.testing.assert_close(ctx1, ctx0, rtol=0, atol=1e-6)
+    else:
+        assert (ctx1 - ctx0).abs().max() > 1e-3
+
+
+def test_ifpl_keeps_k_fixed_and_relabels_with_each_rounds_prompt(digits, tmp_path):
+    """IFPL (no test before): K = k = 16 every round, and round t's pseudolabels are the top-16 per class of
+    round t-1's relabelled pool (its pool_probs.npy), not the zero-shot ones again. Kills: a K that grows
+    like GRIP's, pseudolabels that are never relabelled."""
+    out = tmp_path / "ifpl"
+    result = _run(digits, out, "setting=ul", "strategy=ifpl", "rounds=3", "k=16", "holdout_fraction=0")
+    assert [r["k"] for r in result["rounds"]] == [16, 16, 16]
+    assert [r["pseudolabels"] for r in result["rounds"]] == [160, 160, 160]
+    keys, _ = _pool(digits)
+    sets = []
+    for t in (1, 2):
+        probs = np.load(out / f"round-{t - 1:02d}" / "pool_probs.npy")
+        expected = {(str(keys[r]), c) for c, rows in top_k_per_class(torch.from_numpy(probs), 16).items() for r in rows}
+        side = np.load(out / f"round-{t:02d}" / "pseudolabels.npz")
+        got = {(str(k), int(c)) for k, c in zip(side["keys"], side["pseudolabel"])}
+        assert got == expected
+        sets.append(got)
+    zero = np.load(out / "round-00" / "pseudolabels.npz")
+    assert {(str(k), int(c)) for k, c in zip(zero["keys"], zero["pseudolabel"])} != sets[0]
+
+
+def test_released_options_run_grip_ssl_as_the_released_code(digits, tmp_path):
+    """Every released option in one SSL GRIP run: 80% of the 2-per-class labels trained on (16), drawn the same
+    for seeds 0 and 1 and as main_SSL.py draws them (numpy's legacy generator seeded 0 per class, then an 80%
+    subset seeded 0, written out here); floored K (|U| = 1346 - 20 = 1326 over 2 rounds: int(663 (t+1) / 10),
+    66 in round 0); loss weights |L|/|P| with |P| the trained pseudolabels (13 of each class's 66 held out);
+    the last epoch kept. Kills: the seed reaching the released draw, the 4 validation labels trained on or
+    pseudolabelled, the FPL weight in GRIP, the best epoch kept."""
+    from zmdist.prompts.data import make_labelling
+
+    labels = np.concatenate([EmbeddingShard.load(f).labels for f in sorted((digits / "embeddings").glob("train-*.npz"))])
+    draws = [make_labelling(labels, 10, "ssl", labels_per_class=2, seen=[], seen_fraction=0.62, seed=s,
+                            ssl_draw="released") for s in (0, 1)]
+    np.testing.assert_array_equal(draws[0].labelled, draws[1].labelled)
+    shots = []
+    for c in range(10):
+        np.random.seed(0)
+        shots += list(np.random.choice(np.where(labels == c)[0], size=2, replace=False))
+    np.random.seed(0)
+    train = np.random.choice(range(len(shots)), size=int(len(shots) * 0.8), replace=False)
+    np.testing.assert_array_equal(draws[0].labelled, np.sort(np.array(shots)[train]))
+    assert len(draws[0].unlabelled) == 1346 - 20 and not set(shots) & set(draws[0].unlabelled.tolist())
+
+    result = _run(digits, tmp_path / "rel", "setting=ssl", "strategy=grip", "rounds=2", "optim.epochs=2", *RELEASED)
+    assert result["labelled"] == 16 and result["unlabelled"] == 1326
+    assert [r["k"] for r in result["rounds"]] == [grip_k(t, 1326, 10, 2, schedule="released") for t in range(2)]
+    first = result["rounds"][0]
+    assert first["k"] == 66 and first["held_out"] == 10 * 13
+    assert first["loss_weights"] == pytest.approx([16 / (660 - 130), 1.0])
+    assert first["kept_epoch"] == 1
+    info = json.loads((tmp_path / "rel" / "prompt_tune_info.json").read_text())
+    assert {k: info["settings_used"][k] for k in ("loss_balance", "k_schedule", "rounds_init", "keep_epoch",
+                                                  "ssl_draw", "trzsl_softmax")} == {
+        "loss_balance": "released", "k_schedule": "released", "rounds_init": "released", "keep_epoch": "last",
+        "ssl_draw": "released", "trzsl_softmax": "unseen"}
+
+
+def test_released_trzsl_pseudolabels_rank_a_softmax_over_the_unseen_classes(digits, tmp_path):
+    """trzsl_softmax=unseen ranks round 0's pseudolabels by a softmax over the unseen classes (the ranking
+    itself is checked against that softmax in test_prompt_methods): all pseudolabels are unseen classes and
+    they differ from the restricted all-class softmax's (same run otherwise); the loss weights are the
+    released TRZSL (1, |L|/|P|). Kills: the option not reaching the ranking."""
+    picks = {}
+    for over in ("all", "unseen"):
+        out = tmp_path / over
+        result = _run(digits, out, "setting=trzsl", "strategy=fpl", "seen_classes=[0,1,2,3,4,5]", "k=8",
+                      f"trzsl_softmax={over}", "loss_balance=released")
+        side = np.load(out / "round-00" / "pseudolabels.npz")
+        assert set(side["pseudolabel"].tolist()) <= {6, 7, 8, 9} and len(side["pseudolabel"]) == 32
+        picks[over] = {(str(k), int(c)) for k, c in zip(side["keys"], side["pseudolabel"])}
+    assert picks["all"] != picks["unseen"]
+    assert result["final"]["loss_weights"] == pytest.approx([1.0, result["labelled"] / 32])
+
+
+@pytest.mark.parametrize("balance", ["clean", "released"])
+def test_train_round_steps_on_the_chosen_loss(balance):
+    """One SGD step (one batch of 3 rows, no momentum, decay or warm-up) moves a linear head by -lr times the
+    gradient of the chosen loss, computed here by autograd on the pure functions: clean (w_L sum CE_L +
+    w_P sum CE_P) / B, released w_L mean CE_L + w_P mean CE_P. Kills: loss_balance not reaching training."""
+    from zmdist.methods.prompting import part_mean_prompt_loss, weighted_prompt_loss
+    from zmdist.prompts.training import OptimSettings, train_round
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    targets = torch.tensor([0, 1, 1])
+    lab = torch.tensor([True, False, False])
+    head = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[0.5, -0.2], [0.1, 0.3]]))
+    start = head.weight.detach().clone()
+    reference = torch.nn.Parameter(start.clone())
+    loss_fn = part_mean_prompt_loss if balance == "released" else weighted_prompt_loss
+    loss_fn(x @ reference.T, targets, lab, 3.0, 1.0).backward()
+    train_round(head, lambda rows: head(x[rows]), targets, lab, (3.0, 1.0),
+                OptimSettings(lr=0.5, momentum=0.0, weight_decay=0.0, batch_size=3, epochs=1, warmup_epochs=0),
+                seed=0, loss_balance=balance)
+    torch.testing.assert_close(head.weight.detach(), start - 0.5 * reference.grad)

@@ -16,13 +16,13 @@ from zmdist.demo.digits_pipeline import prepare_digits
 from zmdist.formats import EmbeddingShard, PseudolabelShard
 from zmdist.stages import embed, pseudolabel, shard, train
 
-TEACHER = ["teacher.model=zmdist-micro-vit", "num_workers=0", "batch_size=128", "progress=false"]
+TEACHER = ["teacher.model=zmdist-micro-vit", "teacher.pretrained=random", "num_workers=0", "batch_size=128", "progress=false"]
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("remote")
-    prepare_digits(root, teacher_model="zmdist-micro-vit", num_workers=0)
+    prepare_digits(root, teacher_model="zmdist-micro-vit", pretrained="random", num_workers=0)
     return root
 
 

@@ -118,6 +118,22 @@ def test_centroid_select_covers_every_blob():
     assert torch.equal(sel.centroid_select(x * scales, 8, seed=0), picks)  # it clusters directions, not norms
 
 
+def test_centroid_select_runs_k_means_to_convergence():
+    """Points on the unit circle: a wide group A (21 points, angles -0.5..0.5 step 0.05) and a tight
+    small group B (5 points, 1.16..1.24 step 0.02). Two centroids split an arc into two runs of
+    consecutive points, and of the 25 splits only A | B is a Lloyd fixed point (checked split by split: at
+    any other one some point is nearer the other run's mean), so k-means ends there from any start. Each group is symmetric about
+    its middle point, so its mean points at that point's angle (0 and 1.2) and the members nearest the
+    means are A's middle (index 10) and B's (23). k-means++ often seeds both centroids in the wide A
+    (weighting by squared distance favours A's far end over B's few points); the boundary between them
+    then walks towards the gap over several Lloyd steps, so a k-means stopped after one to three steps
+    picks two points of A, or A's end and B's edge (kills a k-means limited to a few iterations)."""
+    angles = torch.cat([0.05 * torch.arange(-10, 11), 1.2 + 0.02 * torch.arange(-2, 3)]).double()
+    x = torch.stack([angles.cos(), angles.sin()], 1).float()
+    for seed in range(8):
+        assert sel.centroid_select(x, 2, seed=seed).tolist() == [10, 23], seed
+
+
 # --- baselines -------------------------------------------------------------------------------------
 
 def test_uncertainty_scores_hand_values():

@@ -33,7 +33,7 @@ def digits(tmp_path_factory) -> Path:
     """Real digit shards (1,346 train / 451 test), their embeddings by zmdist-micro-vit (random weights)
     and zero-shot pseudolabels, made by the quickstart's own pipeline."""
     root = tmp_path_factory.mktemp("select-digits")
-    prepare_digits(root, teacher_model="zmdist-micro-vit", num_workers=0)
+    prepare_digits(root, teacher_model="zmdist-micro-vit", pretrained="random", num_workers=0)
     return root
 
 
@@ -210,7 +210,7 @@ def test_quickstart_part_trains_zeromatch_on_centroid_and_random_labels(digits, 
     out = tmp_path / "select"
     out.mkdir()
     ctx = PartContext(out=out, shards=digits / "shards", embeddings=digits / "embeddings",
-                      pseudolabels=digits / "pseudolabels", teacher_model="zmdist-micro-vit", teacher_checkpoint="",
+                      pseudolabels=digits / "pseudolabels", teacher_model="zmdist-micro-vit", teacher_checkpoint="random",
                       templates="digits", seeds=[3], labels_per_class=2, student_overrides=student)
     results = select_part.run_part(ctx)
     assert results["budget"] == 20

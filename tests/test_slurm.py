@@ -44,7 +44,7 @@ def digits(tmp_path_factory) -> tuple[Path, Path]:
     from test_train import prepare_digits
 
     root = tmp_path_factory.mktemp("train")
-    prepare_digits(root, teacher_model="zmdist-micro-vit", num_workers=0)
+    prepare_digits(root, teacher_model="zmdist-micro-vit", pretrained="random", num_workers=0)
     return root / "shards", root / "pseudolabels"
 
 
@@ -99,7 +99,7 @@ def test_preempted_job_requeues_and_resumes(make_shards, tmp_path):
     submitter = subprocess.Popen(
         [sys.executable, "-m", "zmdist", "submit", "--cluster", "slurm", "--time", "10", "--timeout", "240",
          "--out", str(job), "embed", "--shards", str(shards), "--out", str(emb), "teacher.model=zmdist-slow-vit",
-         f"teacher.model_config={model_cfg}", "num_workers=0", "progress=false", "batch_size=5"],
+         "teacher.pretrained=random", f"teacher.model_config={model_cfg}", "num_workers=0", "progress=false", "batch_size=5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     try:
         deadline = time.monotonic() + 120

@@ -271,6 +271,80 @@ def test_resisc45_without_and_with_torchgeo_split_files(tmp_path):
         open_source(f"resisc45:{tmp_path}")
 
 
+def test_flowers102_split_file_gives_elevaters_splits_and_checks_its_labels(tmp_path):
+    """ELEVATER's Flowers102 lists (``train.zip@000/image_00002.jpg 101``) replace setid.mat: catches the
+    archive prefix kept (no image found), labels read from the list instead of checked, and an image no
+    list names silently kept or dropped."""
+    fake_flowers(tmp_path)
+    lists = tmp_path / "framed" / "Flowers102"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("train.zip@000/image_00002.jpg 101\ntrain.zip@001/image_00003.jpg 4\n")
+    (lists / "test.txt").write_text("test.zip@000/image_00001.jpg 0\n\ntest.zip@002/image_00006.jpg 76\n")
+    src = open_source(f"flowers102:{tmp_path}", split_file=str(lists / "{split}.txt"))
+    assert src.own_splits and src.classes == FLOWERS102_CLASSES
+    assert _sizes(src) == {"train": 2, "test": 2}
+    samples = _by_key(src)
+    assert samples["jpg__image_00002"][0] == "train" and samples["jpg__image_00002"][1].label == 101
+    assert samples["jpg__image_00006"][0] == "test"
+    assert src.classes[samples["jpg__image_00006"][1].label] == "passion flower"
+    unlisted = "not listed in any split_file split"
+    assert sorted((Path(s["origin"]).name, s["reason"]) for s in src.skipped) == [
+        ("image_00004.jpg", unlisted), ("image_00005.jpg", unlisted)]
+
+    (lists / "train.txt").write_text("train.zip@000/image_00002.jpg 3\n")  # another class order
+    with pytest.raises(ValueError, match=r"train.txt:1: image_00002.jpg has label 3 .* the dataset labels it 101"):
+        open_source(f"flowers102:{tmp_path}", split_file=str(lists / "{split}.txt"))
+    (lists / "train.txt").write_text("train.zip@000/image_00099.jpg 3\n")
+    with pytest.raises(ValueError, match=r"lists 1 image\(s\) that are not in .*image_00099.jpg, .*train.txt:1"):
+        open_source(f"flowers102:{tmp_path}", split_file=str(lists / "{split}.txt"))
+    (lists / "test.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test.txt does not exist \(train and test split files are needed"):
+        open_source(f"flowers102:{tmp_path}", split_file=str(lists / "{split}.txt"))
+    with pytest.raises(ValueError, match=r"with \{split\}"):
+        open_source(f"flowers102:{tmp_path}", split_file=str(lists / "train.txt"))
+    with pytest.raises(ValueError, match="'dtd' takes no split_file"):
+        open_source(f"dtd:{tmp_path}", split_file=str(lists / "{split}.txt"))
+
+
+def test_resisc45_split_file_reads_elevaters_coco_json_and_checks_class_folders(tmp_path):
+    fake_resisc45(tmp_path)
+    (tmp_path / "resisc45-train.txt").write_text("airplane_001.jpg\n")  # torchgeo's lists: split_file wins
+    lists = tmp_path / "RESICS45"
+    lists.mkdir()
+    coco = lambda *names: json.dumps({"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
+                                      "categories": [{"id": 0, "name": "airplane"}]})
+    (lists / "train.json").write_text(coco("train.zip@airplane/airplane_001.jpg", "train.zip@sea_ice/sea_ice_002.jpg",
+                                           "train.zip@wetland/wetland_001.jpg"))
+    (lists / "val.json").write_text(coco("val.zip@airplane/airplane_003.jpg"))
+    (lists / "test.json").write_text(coco("test.zip@airplane/airplane_002.jpg", "test.zip@sea_ice/sea_ice_001.jpg"))
+    src = open_source(f"resisc45:{tmp_path}", split_file=str(lists / "{split}.json"))
+    assert src.own_splits and _sizes(src) == {"train": 3, "val": 1, "test": 2}
+    samples = _by_key(src)
+    assert samples["sea_ice__sea_ice_002"][0] == "train" and samples["sea_ice__sea_ice_001"][0] == "test"
+    assert src.classes[samples["wetland__wetland_001"][1].label] == "wetland" and src.skipped == []
+
+    (lists / "test.json").write_text(coco("test.zip@wetland/airplane_002.jpg"))
+    with pytest.raises(ValueError, match=r"test.json: images\[0\]: airplane_002.jpg is listed under class folder "
+                                         r"'wetland' but lies in 'airplane'"):
+        open_source(f"resisc45:{tmp_path}", split_file=str(lists / "{split}.json"))
+    (lists / "test.json").write_text(json.dumps({"annotations": []}))
+    with pytest.raises(ValueError, match="test.json: not a COCO-like split"):
+        open_source(f"resisc45:{tmp_path}", split_file=str(lists / "{split}.json"))
+
+
+def test_zmdist_shard_takes_split_file(tmp_path):
+    """The shard stage's split_file reaches the source: the manifest has the lists' splits."""
+    fake_flowers(tmp_path)
+    (tmp_path / "train.txt").write_text("train.zip@000/image_00001.jpg 0\n")
+    (tmp_path / "test.txt").write_text("test.zip@000/image_00002.jpg 101\n")
+    out = tmp_path / "shards"
+    argv = ["shard", "--source", f"flowers102:{tmp_path}", "--out", str(out), f"split_file={tmp_path}/{{split}}.txt",
+            "progress=false"]
+    assert cli_main(argv) == 0
+    m = Manifest.load(out)
+    assert sorted(m.splits) == ["test", "train"] and sum(m.counts("train")) == 1 and sum(m.counts("test")) == 1
+
+
 # ---------------------------------------------------------------- missing data and download=true
 
 

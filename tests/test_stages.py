@@ -18,7 +18,7 @@ from zmdist.formats import EmbeddingShard, PseudolabelShard
 from zmdist.methods.pseudolabels import expected_calibration_error
 from zmdist.stages import embed, pseudolabel, shard
 
-TEACHER = ["teacher.model=zmdist-micro-vit"]
+TEACHER = ["teacher.model=zmdist-micro-vit", "teacher.pretrained=random"]
 
 
 def _env() -> dict[str, str]:

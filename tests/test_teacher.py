@@ -1,5 +1,7 @@
 """Teacher loading through open_clip and the zero-shot classifier recipe."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from zmdist.teacher import build_zeroshot_classifier, get_templates, load_teache
 @pytest.fixture(scope="module")
 def teacher():
     torch.manual_seed(0)
-    return load_teacher("zmdist-micro-vit")
+    return load_teacher("zmdist-micro-vit", "random")
 
 
 def test_classifier_is_mean_of_normalised_prompts_renormalised(teacher):
@@ -156,7 +158,7 @@ def test_local_dir_fingerprint_follows_the_file_contents_not_the_path(tmp_path, 
 
     _save_open_clip_folder(teacher.model, tmp_path / "a")
     _save_open_clip_folder(teacher.model, tmp_path / "moved")
-    _save_open_clip_folder(load_teacher("zmdist-micro-vit", seed=1).model, tmp_path / "other")
+    _save_open_clip_folder(load_teacher("zmdist-micro-vit", "random", seed=1).model, tmp_path / "other")
     fingerprint = {d: teacher_fingerprint(f"local-dir:{tmp_path / d}", None) for d in ("a", "moved", "other")}
     assert fingerprint["a"] == fingerprint["moved"]
     assert fingerprint["a"]["weights"] != fingerprint["other"]["weights"]
@@ -165,7 +167,77 @@ def test_local_dir_fingerprint_follows_the_file_contents_not_the_path(tmp_path, 
 
 def test_slash_spelling_of_a_registered_name_gets_its_own_config_and_tokenizer(teacher):
     """open_clip builds ``ViT-B/32`` as ``ViT-B-32`` but would tokenize it with the default 77-token tokenizer."""
-    slashed = load_teacher("zmdist/micro-vit")
+    slashed = load_teacher("zmdist/micro-vit", "random")
     assert slashed.name == "zmdist-micro-vit"
     assert slashed.tokenizer(["a cat"]).shape == (1, 12)
     _assert_same_weights(teacher.model, slashed.model)
+
+
+def test_an_empty_pretrained_is_refused_before_the_output_folder_is_made(tmp_path, make_shards, capsys):
+    """The random-teacher refusal. Catches `zmdist embed --shards S --out E` embedding with a random ViT-B-32
+    (the default model) whose pseudolabels are at chance, with one open_clip warning as the only sign."""
+    from zmdist.cli import main
+    from zmdist.config import ConfigError
+
+    shards, _ = make_shards([4])
+    out = tmp_path / "emb"
+    assert main(["embed", "--shards", str(shards), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("zmdist embed: error: teacher.pretrained is empty, so "
+                                                         "teacher.model=ViT-B-32 would have random weights")
+    assert "set teacher.pretrained to an open_clip tag (e.g. " in err  # from open_clip's table of tags
+    assert "list_pretrained_tags_by_model(\"ViT-B-32\")" in err and "hf-hub:ORG/REPO or local-dir:PATH" in err
+    assert "teacher.pretrained=random asks for random weights on purpose" in err
+    assert not out.exists()  # refused before anything was written
+    for empty in (None, ""):
+        with pytest.raises(ConfigError, match=r"teacher.pretrained is empty, so teacher.model=zmdist-micro-vit "
+                                              r"would have random weights.*teacher.pretrained=random"):
+            load_teacher("zmdist-micro-vit", empty)
+
+
+def test_random_asks_for_the_seeded_weights_an_empty_pretrained_gave(tmp_path, teacher, monkeypatch):
+    """``random`` builds what an empty ``pretrained`` built before (open_clip's init under the seed) and has
+    the fingerprint runs made then recorded, so their folders resume; it is no pretrained tag or file."""
+    import open_clip
+
+    from zmdist.teacher.loading import teacher_fingerprint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)  # what load_teacher did for an empty pretrained before `random` existed
+        before = open_clip.create_model("zmdist-micro-vit")
+    _assert_same_weights(before, load_teacher("zmdist-micro-vit", "random", seed=3).model)
+    fingerprint = teacher_fingerprint("zmdist-micro-vit", "random", 3)
+    assert fingerprint["weights"] == "random, seed 3"  # the entry an old embed_info.json holds
+    assert fingerprint == teacher_fingerprint("zmdist-micro-vit", "", 3) == teacher_fingerprint("zmdist-micro-vit", None, 3)
+    (tmp_path / "random").write_bytes(b"not a checkpoint")  # `random` wins over a file of that name
+    monkeypatch.chdir(tmp_path)
+    _assert_same_weights(teacher.model, load_teacher("zmdist-micro-vit", "random").model)
+    _save_open_clip_folder(teacher.model, tmp_path / "micro")
+    with pytest.raises(ValueError, match=r"teacher.pretrained='random' is set, but teacher.model=local-dir:"):
+        load_teacher(f"local-dir:{tmp_path / 'micro'}", "random")
+
+
+def test_an_embedding_run_that_recorded_an_empty_pretrained_still_pseudolabels_and_resumes(tmp_path, make_shards):
+    """Runs made before `random` had to be asked for record ``"pretrained": ""`` for their random teacher:
+    pseudolabel (prompt-tune, transfer: the same load_recorded_teacher) must rebuild that teacher, and embed
+    with ``random`` must resume the folder, not refuse it as another teacher."""
+    from zmdist.config import load_config
+    from zmdist.formats import EMBED_INFO_FILE
+    from zmdist.stages import embed, pseudolabel
+
+    shards, keys = make_shards([6, 5])
+    emb = tmp_path / "emb"
+    options = [f"shards={shards}", "teacher.model=zmdist-micro-vit", "teacher.pretrained=random", "seed=2",
+               "num_workers=0", "progress=false"]
+    embed.run(load_config(embed.Config, None, options), emb)
+    info = json.loads((emb / EMBED_INFO_FILE).read_text())
+    assert info["teacher"]["pretrained"] == "random"
+    info["teacher"]["pretrained"] = ""  # as an older zmdist wrote it
+    (emb / EMBED_INFO_FILE).write_text(json.dumps(info))
+
+    labelled = pseudolabel.run(load_config(pseudolabel.Config, None, [f"embeddings={emb}"]), tmp_path / "pl")
+    assert labelled["samples"] == len(keys)
+    assert json.loads((tmp_path / "pl" / pseudolabel.INFO_FILE).read_text())["teacher_fingerprint"] == \
+        info["teacher_fingerprint"]
+    again = embed.run(load_config(embed.Config, None, options), emb)
+    assert again["shards_written"] == 0 and again["complete"]

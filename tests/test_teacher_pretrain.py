@@ -49,7 +49,7 @@ def test_clip_loss_soft_targets_identity_equals_standard():
 
 
 def test_batched_tensor_path_matches_teacher_preprocess():
-    teacher = load_teacher("zmdist-tiny-vit")
+    teacher = load_teacher("zmdist-tiny-vit", "random")
     arrays, _, _ = render_digit_corpus(40, seed=1)
     arrays[0] = 16  # saturated and empty inputs exercise clipping in the bicubic resize
     arrays[1] = 0
@@ -78,7 +78,7 @@ def test_short_pretrain_saves_loadable_cached_checkpoint(tmp_path):
     assert set(saved) == set(state)
     for k, v in saved.items():
         assert torch.equal(state[k], v), k
-    random_init = load_teacher("zmdist-tiny-vit")
+    random_init = load_teacher("zmdist-tiny-vit", "random")
     assert not torch.equal(random_init.model.state_dict()["visual.conv1.weight"], saved["visual.conv1.weight"])
 
     # same settings: the cached file comes back without training

@@ -34,7 +34,7 @@ ZM = ["method.name=zeromatch", "method.stage0_steps=4"]
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
-    prepare_digits(root, teacher_model="zmdist-micro-vit", num_workers=0)
+    prepare_digits(root, teacher_model="zmdist-micro-vit", pretrained="random", num_workers=0)
     return root / "shards", root / "pseudolabels"
 
 

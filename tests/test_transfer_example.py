@@ -46,9 +46,9 @@ def test_finetuning_measures_gain_and_forgetting(tasks):
     task = tasks["pair-3-8"]
     small = Task(task.name, task.images[:80], task.names[:80], task.train[:80])
     reference = (tasks["digits-all"].images[:50], np.arange(50) % 10)
-    still = finetune_task(small, "zmdist-micro-vit", "", reference, steps=0, lr=1e-3, batch_size=16, seed=0)
+    still = finetune_task(small, "zmdist-micro-vit", "random", reference, steps=0, lr=1e-3, batch_size=16, seed=0)
     assert still["gain"] == 0 and still["forgetting"] == 0
-    moved = finetune_task(small, "zmdist-micro-vit", "", reference, steps=5, lr=3e-3, batch_size=16, seed=0)
+    moved = finetune_task(small, "zmdist-micro-vit", "random", reference, steps=5, lr=3e-3, batch_size=16, seed=0)
     assert moved["zero_shot_acc"] == still["zero_shot_acc"]
     assert (moved["gain"], moved["forgetting"]) != (0, 0)
     assert moved["reference_before"] * 50 == pytest.approx(round(moved["reference_before"] * 50))

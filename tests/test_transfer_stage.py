@@ -25,7 +25,7 @@ def digits_embedded(tmp_path_factory) -> Path:
     shard.run(load_config(shard.Config, None, ["source=sklearn-digits", "shard_size=250", "test_fraction=0.25",
                                                "progress=false"]), root / "shards")
     embed.run(load_config(embed.Config, None, [f"shards={root / 'shards'}", "teacher.model=zmdist-micro-vit",
-                                               "num_workers=0", "batch_size=256", "progress=false"]), root / "emb")
+                                               "teacher.pretrained=random", "num_workers=0", "batch_size=256", "progress=false"]), root / "emb")
     return root / "emb"
 
 
@@ -163,7 +163,7 @@ def test_quickstart_part_scores_the_prepared_task(digits_embedded, tmp_path):
 
     shards = json.loads((digits_embedded / "embed_info.json").read_text())["shards"]
     ctx = PartContext(out=tmp_path / "transfer", shards=Path(shards), embeddings=digits_embedded,
-                      pseudolabels=tmp_path / "unused", teacher_model="zmdist-micro-vit", teacher_checkpoint="",
+                      pseudolabels=tmp_path / "unused", teacher_model="zmdist-micro-vit", teacher_checkpoint="random",
                       templates="digits", seeds=[0], labels_per_class=4, student_overrides=lambda m, s: [])
     results = run_part(ctx)
     x, y = _train_split(digits_embedded)

@@ -4,17 +4,18 @@ Every stage takes ``--config FILE.yaml``, ``key=value`` overrides (dotted for ne
 ``--<option>`` flag per option (listed in ``zmdist <stage> --help``; dashes or underscores) and ``--out DIR``,
 and writes ``DIR/summary.json`` and ``DIR/config.yaml``. Precedence: defaults < --config < flags < key=value.
 ``zmdist submit ...`` runs a stage through submitit (``zmdist.cluster.submit``).
+
+Exit status: 0 done, 1 an error (one line naming what to fix), 2 a config error, 73 ``--out`` not writable,
+74 disk full (``zmdist.io_errors``), 75 interrupted after checkpointing; the rerun of 73-75 resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import shutil
 import sys
-from pathlib import Path
 
 from zmdist.config import ConfigError
+from zmdist.io_errors import describe
 from zmdist.stages import (
     UnknownStageError,
     parse_stage_args,
@@ -25,8 +26,6 @@ from zmdist.stages import (
 
 # Exit status of a run stopped by SIGTERM/SIGUSR1/SIGUSR2 after checkpointing (EX_TEMPFAIL: "try again").
 EXIT_INTERRUPTED = 75
-# Exit status when the disk filled up (EX_IOERR); the rerun continues from what was finished.
-EXIT_DISK_FULL = 74
 _VERBOSE = ("-v", "--verbose")
 
 
@@ -63,30 +62,16 @@ def _run(name: str, argv: list[str], verbose: bool) -> int:
     except Interrupted as err:
         print(f"zmdist {name}: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except OSError as err:
-        if err.errno != errno.ENOSPC or verbose:
-            if isinstance(err, FileNotFoundError) and not verbose:
-                print(f"zmdist {name}: error: {err}", file=sys.stderr)
-                return 1
-            raise
-        print(f"zmdist {name}: error: {disk_full_message(err, out)}", file=sys.stderr)
-        return EXIT_DISK_FULL
-    except (KeyError, ValueError) as err:
-        if verbose:
+    except Exception as err:  # a failed write comes in many types (zmdist.io_errors)
+        failure = None if verbose else describe(err, out)
+        if failure is not None:
+            print(f"zmdist {name}: error: {failure.message}", file=sys.stderr)
+            return failure.exit_status
+        if verbose or not isinstance(err, (FileNotFoundError, KeyError, ValueError)):
             raise
         print(f"zmdist {name}: error: {err}", file=sys.stderr)
         return 1
     return 0
-
-
-def disk_full_message(err: OSError, out: Path) -> str:
-    """One line for a full disk: the path being written, what is free there, and what to do."""
-    path = Path(err.filename) if err.filename else out
-    folder = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    free = shutil.disk_usage(folder).free
-    return (f"disk full (errno {errno.ENOSPC}) writing {path}: {free:,} bytes free on that file system; free "
-            "space (or point --out elsewhere) and rerun the same command: finished files are kept, partial "
-            "ones are discarded")
 
 
 def main(argv: list[str] | None = None) -> int:

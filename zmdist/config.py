@@ -9,6 +9,12 @@ expected, and suggests the closest known key. Nothing is silently ignored.
 A section can be chosen from a registry by its ``name`` key (``choice()``): ``method.name=fixmatch
 method.p_cutoff=0.9`` builds the config dataclass registered as ``fixmatch``, so each plug-in (method,
 backend) owns its options and a key that belongs to another plug-in is an error naming the chosen one.
+
+A config dataclass may keep an option's older spelling working: a class attribute ``ALIASES = {"old":
+"new.dotted"}`` makes ``old`` (in files, overrides and ``--old`` flags) mean ``new.dotted``; the key is
+rewritten before the file and the overrides are merged, so ``old=x`` and ``new.dotted=y`` set one option.
+An alias that is also a section's name (``student`` for ``student.name``) applies to a plain value only
+(``student=cnn-tiny``); a mapping there is the section (``student: {name: cnn-tiny}``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,42 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key and what to do."""
+
+
+class ConfigFileError(ConfigError):
+    """The config file itself cannot be read (missing, not UTF-8, not YAML, a key twice); names the file."""
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping that names a key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a mapping naming a key twice.
+
+    Why: PyYAML keeps the last of two equal keys silently, so a config or sweep file listing an option,
+    a method or a dataset twice would run with one of them and no word about the other."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` entries may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:  # equal in Python is twice (`1:` and `true:` would be one dict entry)
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if earlier is not key_node:
+                raise DuplicateKeyError(
+                    None, None, f"key {key!r} appears twice (first at line {earlier.start_mark.line + 1}): "
+                    "keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str) -> Any:
+    """``text`` as YAML with duplicate keys refused (``UniqueKeyLoader``)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None,
@@ -68,7 +110,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_load(raw) if raw != "" else ""
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r}: {err.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -132,6 +176,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of name: value, got {value!r}")
         _, item = get_args(tp)
+        names = [str(k) for k in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # e.g. `1:` and `"1":`, distinct in YAML, one name here
+            raise ConfigError(f"{key}: {', '.join(map(repr, twice))} named twice; give each entry its own name")
         return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:  # free-form (e.g. another stage's options, checked when that stage's config is built)
         return value
@@ -213,38 +261,98 @@ def _build_choice(f: dataclasses.Field, values: Any, key: str) -> Any:
     return _build(cls, {**values, "name": name}, prefix=f"{key}.")
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults <- YAML file <- dotted overrides, validated into ``cls``."""
+def _section_type(node: Any, name: str) -> Any:
+    """The dataclass of option section ``name`` of ``node`` (None: a plain option, a choice() section whose
+    class depends on its ``name``, or no such field)."""
+    fields = {f.name: f for f in dataclasses.fields(node)}
+    if name not in fields or "registry" in fields[name].metadata:
+        return None
+    tp = typing.get_type_hints(node)[name]
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def canonical_key(cls: type, key: str, value: Any) -> str:
+    """``key`` (dotted) with the older spellings its dataclasses declare in ``ALIASES`` replaced by the keys
+    they stand for (see the module docstring); ``value`` decides an alias that is also a section's name."""
+    parts, done, node = key.split("."), [], cls
+    while parts and node is not None:
+        part = parts.pop(0)
+        aliases = getattr(node, "ALIASES", {})
+        is_field = part in {f.name for f in dataclasses.fields(node)}
+        path = aliases[part].split(".") if part in aliases and (
+            not is_field or (not parts and not isinstance(value, dict))) else [part]
+        done += path
+        for name in path:
+            node = _section_type(node, name) if node is not None else None
+    return ".".join(done + parts)
+
+
+def iter_aliases(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, str]]:
+    """Every (older spelling, dotted key it stands for) that ``cls`` and its option sections declare."""
+    for old, new in getattr(cls, "ALIASES", {}).items():
+        yield f"{prefix}{old}", f"{prefix}{new}"
+    for f in dataclasses.fields(cls):
+        section = _section_type(cls, f.name)
+        if section is not None:
+            yield from iter_aliases(section, prefix=f"{prefix}{f.name}.")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, *,
+                what: str = "--config") -> T:
+    """Defaults <- YAML file <- dotted overrides, validated into ``cls``.
+
+    ``what`` names the file in errors about the file itself (``ConfigFileError``), e.g. ``sweep``."""
     tree: dict = {}
     if path:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"--config {p}: no such file")
+            raise ConfigFileError(f"{what} {p}: no such file")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigFileError(f"{what} {p}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                                  f"{err.start}): the file is garbled or not YAML; save it as UTF-8 YAML") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err)
-            raise ConfigError(f"--config {p}:{where}: YAML syntax error: {problem}") from None
+            if isinstance(err, DuplicateKeyError):
+                raise ConfigFileError(f"{what} {p}:{where}: {problem}") from None
+            raise ConfigFileError(f"{what} {p}:{where}: YAML syntax error: {problem}; fix the file there (one cut "
+                                  "short or garbled: restore it from where it came from)") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {p}: expected a mapping of options at the top level")
-        for key, value in flatten(loaded).items():
-            _set_dotted(tree, key, value)
+            raise ConfigFileError(f"{what} {p}: expected a mapping of options at the top level")
+        try:
+            flat = flatten(loaded)
+        except ConfigError as err:
+            raise ConfigFileError(f"{what} {p}: {err}") from None
+        spelt: dict[str, str] = {}
+        for key, value in flat.items():
+            canonical = canonical_key(cls, key, value)
+            if canonical in spelt:
+                raise ConfigFileError(f"{what} {p}: {spelt[canonical]} and {key} are the same option ({canonical}); "
+                                      "keep one")
+            spelt[canonical] = key
+            _set_dotted(tree, canonical, value)
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        _set_dotted(tree, canonical_key(cls, key, value), value)
     return _build(cls, tree)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested option sections as dotted keys (``{method: {name: x}}`` -> ``{"method.name": x}``)."""
+    """Nested option sections as dotted keys (``{method: {name: x}}`` -> ``{"method.name": x}``).
+
+    An option given twice (``method.name: x`` beside ``method: {name: y}``, or ``1:`` beside ``'1':``) is
+    an error naming it, not one of the two kept."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
+        inner = flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+        for name in inner:
+            if name in flat:
+                raise ConfigError(f"{name}: given twice (a dotted key beside its section, or keys like 1 and '1'); "
+                                  "keep one")
+        flat.update(inner)
     return flat
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, ContextManager, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from zmdist.atomic import atomic_safetensors, atomic_torch_save
 from zmdist.backends.base import Backend
 from zmdist.backends.registry import BACKENDS
 from zmdist.config import option
@@ -81,9 +82,9 @@ class AccelerateBackend(Backend):
         Under DDP every rank holds the same state, so the main rank writes it."""
         state = self.full_state_dict()
         if self.is_main:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
+            atomic_safetensors(folder / "model.safetensors", state)
+            atomic_torch_save(folder / "optimizer.pt", self.optimizer.state_dict())
+            atomic_torch_save(folder / "scheduler.pt", self.scheduler.state_dict())
 
     def load(self, folder: Path) -> None:
         model = self.accelerator.unwrap_model(self.model)

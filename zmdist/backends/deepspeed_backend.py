@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from safetensors.torch import save_file
 
+from zmdist.atomic import atomic_safetensors
 from zmdist.backends.base import Backend
 from zmdist.backends.registry import BACKENDS
 from zmdist.config import option
@@ -116,7 +116,7 @@ class DeepSpeedBackend(Backend):
         self.engine.save_checkpoint(str(folder), tag="deepspeed", save_latest=False)
         state = self.full_state_dict()
         if self.is_main:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+            atomic_safetensors(folder / "model.safetensors", state)
 
     def load(self, folder: Path) -> None:
         self.engine.load_checkpoint(str(folder), tag="deepspeed", load_optimizer_states=True,

@@ -18,6 +18,7 @@ from zmdist.bench.runner import is_done
 from zmdist.bench.spec import Sweep
 from zmdist.config import load_config
 from zmdist.data.manifest import Manifest
+from zmdist.models.student_init import student_kwargs
 
 
 def dataset_images(sweep: Sweep, plan: Plan, dataset: str) -> int | None:
@@ -45,8 +46,8 @@ def train_flops(step: Step) -> float:
     cfg = load_config(load_stage("train").Config, None, [a for a in step.argv[4:]])
     per_step = cfg.batch_size * (1 + 2 * cfg.uratio)  # labelled + weak and strong unlabelled views (upper bound)
     steps = cfg.steps + getattr(cfg.method, "stage0_steps", 0)
-    options = json.dumps(cfg.student_options, sort_keys=True)
-    return steps * per_step * cost.student_train_flops(cfg.student, cfg.img_size, options)
+    options = json.dumps(student_kwargs(cfg.student), sort_keys=True)
+    return steps * per_step * cost.student_train_flops(cfg.student.name, cfg.img_size, options)
 
 
 def describe(sweep: Sweep, plan: Plan) -> str:

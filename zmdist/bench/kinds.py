@@ -30,6 +30,12 @@ class CellKind:
     curve: Callable[[dict[str, Any]], Curve] | None = None
     reads: str | None = None  # stage None: the shared step whose summary holds the number
     percent: bool = True  # the number is an accuracy: the report shows it (and published ones) in %
+    best: Callable[[dict[str, Any]], float | None] | None = None  # the best evaluation during the run (None: not
+    # recorded); shown beside the headline, never instead of it: USB's tables report it, the sweep the final model
+    metric_name_of: Callable[[dict[str, Any]], str] | None = None  # the headline's name when it depends on the
+    # cell (a TRZSL prompt-tune cell: the harmonic mean); None: metric_name
+    aside: Callable[[dict[str, Any]], tuple[str, float] | None] | None = None  # (name, value) shown beside the
+    # headline (a TRZSL cell's top-1 over all classes), or None
 
 
 CELL_KINDS: Registry[CellKind] = Registry("cell kind")
@@ -40,6 +46,16 @@ def _al_curve(summary: dict[str, Any]) -> Curve:
     return [(int(p["labelled"]), float(p["mean"])) for p in points]
 
 
+def _train_best(summary: dict[str, Any]) -> float | None:
+    """The best test accuracy a train run saw at its evaluations (USB's headline): its best checkpoint's
+    score when that was chosen by top-1 on the eval split; None when chosen otherwise (pseudolabel
+    agreement is not an accuracy) or not recorded."""
+    best = summary.get("best_checkpoint") or {}
+    if best.get("selection") != "top1" or best.get("top1") is None or best["top1"] < 0:
+        return None
+    return float(best["top1"])
+
+
 def _zero_shot(summary: dict[str, Any]) -> float:
     per_split = summary["zero_shot_accuracy_per_split"]
     return float(per_split["test"] if "test" in per_split else summary["teacher_zero_shot_accuracy"])
@@ -47,10 +63,24 @@ def _zero_shot(summary: dict[str, Any]) -> float:
 
 CELL_KINDS.register("train")(CellKind(
     stage="train", inputs={"shards": "shards", "pseudolabels": "pseudolabels"}, budget_key="labels_per_class",
-    metric=lambda s: float(s["accuracy"]), metric_name="test accuracy"))
+    metric=lambda s: float(s["accuracy"]), metric_name="test accuracy", best=_train_best))
+def _is_trzsl(summary: dict[str, Any]) -> bool:
+    return summary.get("setting") == "trzsl"
+
+
+def _prompt_tune_metric(summary: dict[str, Any]) -> float:
+    """Top-1 on the test split; TRZSL: the harmonic mean of seen and unseen test accuracy, the number GRIP's
+    TRZSL column reports (the released code stores nothing else for TRZSL: utils/compute_metrics.py:54-78 of
+    BatsResearch/menghini-neurips23-code at 2094fa5)."""
+    final = summary["final"]
+    return float(final["harmonic_mean"] if _is_trzsl(summary) else final["accuracy"])
+
+
 CELL_KINDS.register("prompt-tune")(CellKind(
     stage="prompt-tune", inputs={"embeddings": "embeddings"}, budget_key="labels_per_class",
-    metric=lambda s: float(s["final"]["accuracy"]), metric_name="test accuracy"))
+    metric=_prompt_tune_metric, metric_name="test accuracy",
+    metric_name_of=lambda s: "harmonic mean of seen / unseen test accuracy" if _is_trzsl(s) else "test accuracy",
+    aside=lambda s: ("top-1", float(s["final"]["accuracy"])) if _is_trzsl(s) else None))
 CELL_KINDS.register("al-sim")(CellKind(
     stage="al-sim", inputs={"embeddings": "embeddings"}, budget_key="start_per_class", seed_key="seeds",
     seed_as_list=True,

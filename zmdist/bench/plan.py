@@ -25,6 +25,7 @@ from zmdist.atomic import atomic_write_text
 from zmdist.bench.kinds import CELL_KINDS
 from zmdist.bench.spec import Sweep, method_budgets
 from zmdist.config import ConfigError, flatten, load_config, to_dict
+from zmdist.jsonfile import read_json
 from zmdist.provenance import hash_json
 
 # teacher recipes (spec.TeacherSpec.recipe) -> the module run as `python -m MODULE --out FILE --model M --steps N`
@@ -81,7 +82,7 @@ class Plan:
         path = Path(folder) / PLAN_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no sweep plan here; run `zmdist bench SWEEP.yaml --out {folder}` first")
-        data = json.loads(path.read_text())
+        data = read_json(path, f"rerun `zmdist bench SWEEP.yaml --out {folder}` to write it again")
         if data.get("format") != PLAN_FORMAT:
             raise ValueError(f"{path}: format {data.get('format')!r}, expected {PLAN_FORMAT!r}")
         return cls(data["name"], data["out"], [Step(**s) for s in data["steps"]], data["sweep"])
@@ -115,10 +116,13 @@ def stage_step(step_id: str, stage: str, options: dict[str, Any], out: Path, dep
 
 def _teacher_steps(sweep: Sweep, root: Path) -> tuple[list[Step], dict[str, tuple[dict[str, Any], str | None]]]:
     """Recipe steps and, per teacher, (its teacher.* options for embed, the recipe step id or None)."""
+    from zmdist.teacher.loading import check_teacher_weights
+
     steps, teachers = [], {}
     for name, spec in sweep.teachers.items():
         options = {"model": spec.model, "pretrained": spec.pretrained, **spec.options}
         if not spec.recipe:
+            check_teacher_weights(options["model"], options["pretrained"], f"teachers.{name}.")
             teachers[name] = (options, None)
             continue
         recipe = {"recipe": spec.recipe, "model": spec.model, "steps": spec.recipe_steps}
@@ -181,7 +185,7 @@ def _cell(sweep: Sweep, root: Path, dname: str, tname: str, mname: str, budget: 
         return Step(cell_id, None, [], source, str(Path(source) / "summary.json"), [dep], meta)
     options: dict[str, Any] = {}
     for layer in (sweep.defaults.get(kind.stage, {}), sweep.datasets[dname].overrides.get(kind.stage, {}),
-                  method.options):
+                  method.options, method.dataset_options.get(dname, {})):
         options.update(flatten(layer))
     options.update(kind.fixed)
     options.update({key: outputs[what][0] for key, what in kind.inputs.items()})

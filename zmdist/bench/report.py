@@ -2,7 +2,11 @@
 
 Rows are methods (x teacher when the sweep has several), columns are dataset / labels per class, like the
 papers' tables; each entry is the mean +- sample std over the seeds that finished, in percent for
-accuracies, with the published number in brackets when the sweep stores one. An entry with missing
+accuracies, with the published number in brackets when the sweep stores one (its source, per method, listed
+above the table). Train cells also show, labelled, the mean best test accuracy seen at their evaluations
+(what USB's tables report) beside the final model's, which stays the headline; TRZSL prompt-tune cells are
+compared on the harmonic mean of seen and unseen accuracy (GRIP's TRZSL column) with top-1 beside it
+(a kind's ``aside``). An entry with missing
 seeds says how many finished (``2/3 seeds``); a failed cell is listed under the table with its log.
 Plots: accuracy against labels per class per dataset (methods with a budget), and active-learning
 learning curves (mean over seeds, shaded +- std).
@@ -21,7 +25,8 @@ from typing import Any
 from zmdist.atomic import atomic_path, atomic_write_text
 from zmdist.bench.kinds import CELL_KINDS
 from zmdist.bench.plan import Plan
-from zmdist.bench.runner import read_status
+from zmdist.bench.runner import STATES, read_status
+from zmdist.jsonfile import read_json
 
 REPORT_FILES = ("report.md", "report.csv", "report.json")
 
@@ -32,11 +37,16 @@ def cell_results(plan: Plan) -> list[dict[str, Any]]:
     for cell in plan.cells:
         kind = CELL_KINDS.get(cell.meta["kind"])
         status = read_status(plan, cell)
-        row = {"id": cell.id, **cell.meta, "state": status["state"], "out": cell.out, "value": None, "curve": None}
+        row = {"id": cell.id, **cell.meta, "state": status["state"], "out": cell.out, "value": None, "best": None,
+               "curve": None, "metric_name": None, "aside": None}
         if status["state"] == "done":
-            summary = json.loads(Path(cell.done).read_text())
+            summary = read_json(cell.done, f"delete it and rerun `zmdist bench SWEEP.yaml --out {plan.out}`: the step "
+                                           "that writes it runs again")
             row["value"] = kind.metric(summary)
+            row["best"] = kind.best(summary) if kind.best else None
             row["curve"] = kind.curve(summary) if kind.curve else None
+            row["metric_name"] = kind.metric_name_of(summary) if kind.metric_name_of else None
+            row["aside"] = kind.aside(summary) if kind.aside else None
         else:
             row.update({k: status[k] for k in ("reason", "log", "tail") if k in status})
         rows.append(row)
@@ -64,13 +74,21 @@ def aggregate(plan: Plan, cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         kind = CELL_KINDS.get(sweep["methods"][method]["stage"])
         values = [c["value"] for c in members if c["value"] is not None]
         mean, std = mean_std(values) if values else (None, None)
+        bests = [c["best"] for c in members if c["value"] is not None and c["best"] is not None]
+        best_mean, best_std = mean_std(bests) if bests else (None, None)
         published = _published(sweep, method, dataset, budget, teacher)
         scale = 100.0 if kind.percent else 1.0
+        asides = [c["aside"] for c in members if c["value"] is not None and c["aside"] is not None]
+        aside_mean, aside_std = mean_std([v for _, v in asides]) if asides else (None, None)
         entries.append({
             "method": method, "label": sweep["methods"][method]["label"] or method, "teacher": teacher,
-            "dataset": dataset, "budget": budget, "metric": kind.metric_name, "scale": scale,
+            "dataset": dataset, "budget": budget, "scale": scale,
+            "metric": next((c["metric_name"] for c in members if c["metric_name"]), kind.metric_name),
+            "aside_name": asides[0][0] if asides else None, "aside_mean": aside_mean, "aside_std": aside_std,
             "seeds_done": len(values), "seeds": len(members), "mean": mean, "std": std,
+            "best_mean": best_mean, "best_std": best_std, "best_seeds": len(bests),
             "published": published,
+            "published_source": (_published_source(sweep, method) if published is not None else None),
             "difference": None if published is None or mean is None else mean * scale - published,
             "curves": [c["curve"] for c in members if c["curve"]],
         })
@@ -83,6 +101,11 @@ def _published(sweep: dict[str, Any], method: str, dataset: str, budget: int | N
     return numbers.get(f"{key}/{teacher}", numbers.get(key))
 
 
+def _published_source(sweep: dict[str, Any], method: str) -> str:
+    """Where a method's published numbers come from: its ``published_source``, else the sweep's reference."""
+    return sweep.get("published_source", {}).get(method) or sweep["reference"] or "the paper"
+
+
 def _fmt(entry: dict[str, Any]) -> str:
     if entry["mean"] is None:
         text = "-"
@@ -91,6 +114,13 @@ def _fmt(entry: dict[str, Any]) -> str:
         text = f"{entry['mean'] * entry['scale']:.{digits}f} ± {entry['std'] * entry['scale']:.{digits}f}"
         if entry["seeds_done"] < entry["seeds"]:
             text += f" ({entry['seeds_done']}/{entry['seeds']} seeds)"
+        if entry["best_mean"] is not None:
+            text += f"; best {entry['best_mean'] * entry['scale']:.{digits}f} ± {entry['best_std'] * entry['scale']:.{digits}f}"
+            if entry["best_seeds"] < entry["seeds_done"]:
+                text += f" ({entry['best_seeds']}/{entry['seeds_done']} seeds)"
+        if entry["aside_mean"] is not None:
+            text += (f"; {entry['aside_name']} {entry['aside_mean'] * entry['scale']:.{digits}f} ± "
+                     f"{entry['aside_std'] * entry['scale']:.{digits}f}")
     if entry["published"] is not None:
         text += f" [{entry['published']:g}]"
     return text
@@ -110,8 +140,16 @@ def markdown(plan: Plan, entries: list[dict[str, Any]], cells: list[dict[str, An
     if sweep["description"]:
         lines += [sweep["description"].strip(), ""]
     metrics = sorted({e["metric"] for e in entries})
+    best = any(e["best_mean"] is not None for e in entries)
     lines += [f"Mean ± std over seeds ({', '.join(metrics)}; accuracies in %)"
-              + (f"; [published]: {sweep['reference'] or 'the paper'}" if sweep["published"] else "") + ".", ""]
+              + ("; best: the best test accuracy at the run's evaluations (USB's tables report that one; the "
+                 "headline is the final model)" if best else "") + ".", ""]
+    sources: dict[str, list[str]] = defaultdict(list)  # published source -> the rows' labels it gives numbers of
+    for e in entries:
+        if e["published_source"] is not None and e["label"] not in sources[e["published_source"]]:
+            sources[e["published_source"]].append(e["label"])
+    if sources:
+        lines += [f"- [published] {', '.join(labels)}: {source}" for source, labels in sources.items()] + [""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for name, by_column in rows.items():
@@ -132,11 +170,12 @@ def _column_title(dataset: str, budget: int | None) -> str:
 def to_csv(entries: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     fields = ["method", "label", "teacher", "dataset", "budget", "metric", "seeds_done", "seeds", "mean", "std",
-              "published", "difference"]
+              "best_mean", "best_std", "published", "published_source", "difference"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for e in entries:
-        scaled = {k: "" if e[k] is None else round(e[k] * e["scale"], 6) for k in ("mean", "std")}
+        scaled = {k: "" if e[k] is None else round(e[k] * e["scale"], 6)
+                  for k in ("mean", "std", "best_mean", "best_std")}
         writer.writerow({**e, **scaled, "difference": "" if e["difference"] is None else round(e["difference"], 6)})
     return buf.getvalue()
 
@@ -225,7 +264,7 @@ def write_report(plan: Plan, folder: Path | None = None) -> dict[str, Any]:
         text += "\n" + "\n".join(f"![{name}]({Path(p).name})" for name, p in plots.items()) + "\n"
     atomic_write_text(folder / "report.md", text)
     atomic_write_text(folder / "report.csv", to_csv(entries))
-    states = {s: sum(c["state"] == s for c in cells) for s in ("done", "failed", "blocked", "pending")}
+    states = {s: sum(c["state"] == s for c in cells) for s in STATES}
     everything = {"name": plan.name, "cells": cells, "entries": entries, "plots": plots, "states": states}
     atomic_write_text(folder / "report.json", json.dumps(everything, indent=1) + "\n")
     return {"markdown": text, "entries": entries, "cells": cells, "plots": plots, "states": states,

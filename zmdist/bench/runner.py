@@ -15,6 +15,7 @@ work by the array's position.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import time
@@ -24,9 +25,12 @@ from typing import Any
 
 from zmdist.atomic import atomic_write_text
 from zmdist.bench.plan import Plan, Step, python_command
+from zmdist.jsonfile import read_json
 from zmdist.progress import Progress
 
 LOG_TAIL_LINES = 30
+STATES = ("done", "failed", "blocked", "pending")  # how a step stands (the report counts each)
+log = logging.getLogger("zmdist")
 _CHILD_ENV = {"ZMDIST_TASK_INDEX": "0", "ZMDIST_NUM_TASKS": "1"}
 # what torchrun / zmdist submit set for the parent's process group: the child is a world of its own
 _CHILD_ENV_DROP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -49,13 +53,29 @@ def is_done(step: Step) -> bool:
 
 
 def read_status(plan: Plan, step: Step) -> dict[str, Any]:
-    """How the step stands: ``done`` when its done file exists, else its last recorded attempt, else pending."""
+    """How the step stands: ``done`` when its done file exists, else its last recorded attempt, else pending.
+
+    A status file only records the last attempt; whether a step runs is decided by its done file alone.
+    So one that cannot be read (garbled, truncated, hand-edited) is reported as pending with a warning
+    naming it: the next run reruns the step, as it would anyway without a done file, and rewrites it."""
     if is_done(step):
         return {"state": "done"}
     path = status_path(plan, step)
-    if path.is_file():
-        return json.loads(path.read_text())
-    return {"state": "pending"}
+    if not path.is_file():
+        return {"state": "pending"}
+    ignored = "ignored: the step counts as pending; the next `zmdist bench` run reruns it and rewrites this file"
+    try:
+        record = read_json(path, ignored)
+        if record.get("state") not in STATES:
+            raise ValueError(f"{path} records no known state ({record.get('state')!r}, known: "
+                             f"{', '.join(STATES)}): {ignored}")
+    except ValueError as err:
+        log.warning("zmdist bench: %s", err)
+        return {"state": "pending", "reason": str(err)}
+    if record["state"] == "done":  # recorded done, but its done file has since been removed
+        return {"state": "pending", "reason": f"{step.done} was removed after the step finished: the next run "
+                                              "reruns the step"}
+    return record
 
 
 def _write_status(plan: Plan, step: Step, **status: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``zmdist submit [submit options] <stage> [stage args...]``: run any stage on SLURM (or locally) via submitit.
 
     zmdist submit --cluster slurm --nodes 2 --tasks-per-node 4 --gpus-per-node 4 --partition gpu \\
-        --time 12:00:00 --out runs/emb-job embed --shards /data/shards --out /data/emb teacher.model=ViT-L-14
+        --time 12:00:00 --out runs/emb-job embed --shards /data/shards --out /data/emb teacher.model=ViT-L-14 \\
+        teacher.pretrained=laion2b_s32b_b82k
     zmdist submit --array 8 --out runs/emb-array embed --shards /data/shards --out /data/emb ...
     zmdist submit --status runs/emb-job
 
@@ -170,7 +171,7 @@ def resolve_options(opts: list[str]) -> dict[str, Any]:
 def submit(options: dict[str, Any], stage: str, stage_argv: list[str]) -> int:
     # Fail here, not on the cluster, on an unknown stage or a config error; this also finds the stage's --out.
     try:
-        _, _, stage_out, _ = parse_stage_args(stage, stage_argv)
+        _, cfg, stage_out, _ = parse_stage_args(stage, stage_argv)
     except UnknownStageError as err:
         raise SubmitError(str(err)) from None
     out = Path(options.get("out") or stage_out).resolve()
@@ -181,6 +182,11 @@ def submit(options: dict[str, Any], stage: str, stage_argv: list[str]) -> int:
         raise SubmitError("--array needs N >= 1")
     if array and (int(options["nodes"]) > 1 or int(options["tasks_per_node"]) > 1):
         raise SubmitError("--array runs one process per task: leave --nodes/--tasks-per-node at 1")
+    from zmdist.stages.common import TeacherConfig  # torch: not at import (`zmdist submit --status` stays quick)
+    from zmdist.teacher.loading import check_teacher_weights
+
+    if isinstance(getattr(cfg, "teacher", None), TeacherConfig):  # a random teacher: refused here, not in every task
+        check_teacher_weights(cfg.teacher.model, cfg.teacher.pretrained)
     if options.get("dry_run"):
         print(dry_run_script(options, stage, folder), end="")
         print(f"# then each task runs: zmdist {shlex.join([stage, *stage_argv])}")

@@ -5,7 +5,8 @@ Only the stage name and its argv are pickled: every resume state lives on disk. 
 (``zmdist.cluster.rendezvous``; for submitit's local executor, from its job environment) and the array
 position (ZMDIST_TASK_INDEX/ZMDIST_NUM_TASKS), then runs the stage in-process. On a timeout or preemption
 signal submitit calls ``checkpoint`` (on global rank 0), which requeues the same stage, with
-``--resume auto`` when the stage's config has a ``resume`` option.
+``--resume auto`` when the stage's config has a ``resume`` option. A failed write (full disk, read-only
+``--out``) fails the job with ``zmdist.io_errors.WriteFailure``: the one line ``zmdist STAGE`` prints.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import socket
 from typing import Any
 
 from zmdist.cluster.rendezvous import port_for_job, rendezvous_from_slurm
+from zmdist.io_errors import describe
 from zmdist.stages import load_stage, parse_stage_args, setup_logging
 
 try:
@@ -91,6 +93,11 @@ class StageTask(_Checkpointable):
             setup_logging(True)
         try:
             result = module.run(cfg, out)
+        except Exception as err:
+            failure = describe(err, out)
+            if failure is None:
+                raise
+            raise failure from None  # the line names path, free bytes and what to do: no library traceback
         finally:
             dist.shutdown()
         return {

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import heapq
 import io
+import json
 import math
 import re
 import tarfile
@@ -229,8 +230,10 @@ def _decode(shard: str, key: str, files: dict[str, bytes], draft: int | None = N
 
 
 def iter_shard(path: Path | str, *, skip_errors: bool = False, positions: Sequence[int] | None = None,
-               keys: set[str] | None = None, expected: int | None = None, draft: int | None = None) -> Iterator[dict]:
-    """Samples of one shard in tar order: ``{"key", "image" (PIL RGB), "label" (int, -1 = none), "shard"}``.
+               keys: set[str] | None = None, expected: int | None = None, draft: int | None = None,
+               origins: bool = False) -> Iterator[dict]:
+    """Samples of one shard in tar order: ``{"key", "image" (PIL RGB), "label" (int, -1 = none), "shard"}``,
+    with ``origins`` also ``"origin"``: the source path or id its ``.json`` recorded at shard time ("" if none).
 
     ``path`` is a local file or a remote reference (``Location.ref``: URL or ``pipe:`` command, read as
     a stream). ``positions`` (tar sample positions, ascending for remote shards) or ``keys`` read only
@@ -250,7 +253,21 @@ def iter_shard(path: Path | str, *, skip_errors: bool = False, positions: Sequen
                 raise
             yield {"key": key, "image": None, "label": -1, "shard": name, "error": str(err)}
             continue
-        yield {"key": key, "image": image, "label": label, "shard": name}
+        sample = {"key": key, "image": image, "label": label, "shard": name}
+        if origins:
+            sample["origin"] = _origin(name, key, files)
+        yield sample
+
+
+def _origin(shard: str, key: str, files: dict[str, bytes]) -> str:
+    """The source path or id a sample's ``.json`` recorded at shard time ("" when it has none)."""
+    if "json" not in files:
+        return ""
+    try:
+        return str(json.loads(files["json"]).get("origin") or "")
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"shard {shard}: sample {key!r} has an unreadable .json ({err}): "
+                         "re-run `zmdist shard`") from err
 
 
 def _shard_name(ref: Path | str) -> str:

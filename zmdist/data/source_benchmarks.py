@@ -16,6 +16,17 @@
   torchgeo's split files ``ROOT/resisc45-{train,val,test}.txt`` (image file names) lie in ROOT: then
   those are the splits (18,900 / 6,300 / 6,300) and unlisted images are skipped.
 
+``flowers102`` and ``resisc45`` also take ``split_file`` (the shard stage's ``split_file=``): the splits
+the ELEVATER/FRAMED releases ship, which ZeroMatch and GRIP train and test on, instead of the above. It is
+a path with ``{split}`` in it, e.g. ``/data/framed/Flowers102/{split}.txt`` or
+``/data/framed/RESICS45/{split}.json``; ``train`` and ``test`` must exist (``val`` is read when present).
+A ``.txt`` has one image per line, ``[ARCHIVE@]RELPATH [LABEL]`` (``train.zip@000/image_06736.jpg 0``;
+LABEL 0-based, the dataset's class order); a ``.json`` is COCO-like, ``{"images": [{"file_name":
+"[ARCHIVE@]RELPATH"}, ...]}``. Entries are matched to the images on disk by file name (``image_06736.jpg``,
+``airplane_001.jpg``: unique in both datasets); a label, or a RESISC45 class folder in RELPATH, that
+disagrees with the dataset's own, and a listed image that is not on disk, are errors (the file is for
+another copy of the dataset); images no split lists are skipped with that reason.
+
 Classes are the readable names zero-shot prompts use (``zmdist.data.benchmark_classes``), because the
 zero-shot classifier builds its prompts from the manifest's classes: ``aquarium fish``, not
 ``aquarium_fish``. Reading is our own code (no torchvision needed); only ``download=true`` uses
@@ -28,6 +39,7 @@ the path below the dataset folder (``data_batch_1/00042``, ``jpg/image_00001.jpg
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import pickle
 import re
@@ -52,6 +64,17 @@ CIFAR_ROW_BYTES = 3 * 32 * 32
 DTD_PARTITIONS = range(1, 11)
 SPLITS = ("train", "val", "test")
 _DTD_ARGUMENT = re.compile(r"^(?P<root>.+)#(?P<partition>\d+)$")
+
+
+@dataclass(frozen=True)
+class _Listed:
+    """One image a split file lists: its file name, the folder and label it gives (if any), file:line."""
+
+    split: str
+    name: str
+    folder: str
+    label: int | None
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,91 @@ def _check_label(spec: str, where: object, label: int, n_classes: int, first: in
         raise ValueError(f"{spec}: {display_path(where)}: label {label} is outside {first}..{first + n_classes - 1}; "
                          "the file is not the official one (delete the dataset folder and download it again)")
     return label - first
+
+
+# ---------------------------------------------------------------- split files (ELEVATER / FRAMED)
+
+
+def _relpath(text: str) -> str:
+    """``train.zip@000/image_06736.jpg`` -> ``000/image_06736.jpg`` (the archive prefix dropped)."""
+    return text.strip().rpartition("@")[2]
+
+
+def _read_split_list(spec: str, split: str, file: Path) -> list[_Listed]:
+    """The images one split file lists (``.txt``: ``[ARCHIVE@]RELPATH [LABEL]`` lines; ``.json``: COCO-like)."""
+    where = display_path(file)
+    rels: list[tuple[str, int | None, str]] = []  # (relpath, label or None, origin)
+    if file.suffix == ".json":
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            names = [image["file_name"] for image in data["images"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{spec}: split_file {where}: not a COCO-like split, {{'images': [{{'file_name': "
+                             f"...}}, ...]}} ({err!r})") from err
+        rels = [(_relpath(str(name)), None, f"{where}: images[{i}]") for i, name in enumerate(names)]
+    else:
+        for line_no, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) > 2 or (len(fields) == 2 and not fields[1].lstrip("-").isdigit()):
+                raise ValueError(f"{spec}: split_file {where}:{line_no}: {line.strip()!r} is not "
+                                 "'[ARCHIVE@]RELPATH [LABEL]' (LABEL a 0-based class index)")
+            rels.append((_relpath(fields[0]), int(fields[1]) if len(fields) == 2 else None, f"{where}:{line_no}"))
+    listed = []
+    for rel, label, origin in rels:
+        folder, _, name = rel.rpartition("/")
+        if not name:
+            raise ValueError(f"{spec}: split_file {origin}: {rel!r} names no file")
+        listed.append(_Listed(split, name, folder, label, origin))
+    return listed
+
+
+def _split_file_lists(spec: str, split_file: str) -> dict[str, list[_Listed]]:
+    """Per split, the images the files ``split_file`` (a path with ``{split}``) names; train and test needed."""
+    if "{split}" not in split_file:
+        raise ValueError(f"{spec}: split_file={split_file}: write the path with {{split}} where the split's name "
+                         "goes, e.g. /data/framed/Flowers102/{split}.txt")
+    files = {split: Path(split_file.replace("{split}", split)).expanduser() for split in SPLITS}
+    absent = [display_path(files[split]) for split in ("train", "test") if not files[split].is_file()]
+    if absent:
+        raise FileNotFoundError(f"{spec}: split_file: {', '.join(absent)} does not exist (train and test split "
+                                "files are needed)")
+    return {split: _read_split_list(spec, split, file) for split, file in files.items() if file.is_file()}
+
+
+def _entries_from_split_file(spec: str, split_file: str, images: dict[str, tuple[Path, int]], base: Path,
+                             classes: list[str], skipped: list[dict[str, str]],
+                             folders: dict[str, str] | None = None) -> tuple[list[_Entry], list[str]]:
+    """(entries, splits) of the images on disk (``file name -> (path, label)``) as ``split_file`` splits them.
+
+    A listed label, or (``folders``: the class folders by name) a listed class folder, must be the image's
+    own; a listed image missing on disk is an error, an image on disk no split lists is skipped."""
+    lists = _split_file_lists(spec, split_file)
+    entries, listed_names, missing = [], set(), []
+    for split, listed in lists.items():
+        for item in listed:
+            listed_names.add(item.name)
+            if item.name not in images:
+                missing.append(item)
+                continue
+            path, label = images[item.name]
+            if item.label is not None and item.label != label:
+                raise ValueError(f"{spec}: split_file {item.origin}: {item.name} has label {item.label} "
+                                 f"({classes[item.label] if 0 <= item.label < len(classes) else 'no such class'}) "
+                                 f"but the dataset labels it {label} ({classes[label]}); the file is not for this "
+                                 "dataset's class order")
+            if folders is not None and item.folder and item.folder in folders and item.folder != path.parent.name:
+                raise ValueError(f"{spec}: split_file {item.origin}: {item.name} is listed under class folder "
+                                 f"{item.folder!r} but lies in {path.parent.name!r}")
+            entries.append(_file_entry(split, base, path, label))
+    if missing:
+        raise ValueError(f"{spec}: split_file lists {len(missing)} image(s) that are not in {display_path(base)} "
+                         f"(e.g. {missing[0].name}, {missing[0].origin}): the split file is for another copy of the "
+                         "dataset, or images are missing (download it again)")
+    skipped += [{"origin": display_path(path), "reason": "not listed in any split_file split"}
+                for name, (path, _) in sorted(images.items()) if name not in listed_names]
+    return entries, list(lists)
 
 
 # ---------------------------------------------------------------- CIFAR-10 / CIFAR-100
@@ -237,8 +345,9 @@ def _mat_ints(path: Path, keys: Sequence[str]) -> list[list[int]]:
 
 
 @SOURCES.register("flowers102")
-def open_flowers102(spec: str, argument: str, download: bool = False) -> Source:
-    """``flowers102:ROOT``: ``ROOT/flowers-102``, splits from ``setid.mat``, labels from ``imagelabels.mat``.
+def open_flowers102(spec: str, argument: str, download: bool = False, split_file: str = "") -> Source:
+    """``flowers102:ROOT``: ``ROOT/flowers-102``, splits from ``setid.mat`` (or ``split_file``: ELEVATER's),
+    labels from ``imagelabels.mat``.
 
     The .mat labels are 1-based (1 = pink primrose): they are shifted to the 0-based class indices.
     """
@@ -246,6 +355,16 @@ def open_flowers102(spec: str, argument: str, download: bool = False) -> Source:
     base = root / "flowers-102"
     _ensure_layout(spec, root, [base / "jpg", base / "imagelabels.mat", base / "setid.mat"], download, "Flowers102")
     (labels,) = _mat_ints(base / "imagelabels.mat", ["labels"])
+    if split_file:
+        images = {}
+        for i, label in enumerate(labels, 1):
+            path = base / "jpg" / f"image_{i:05d}.jpg"
+            if path.is_file():
+                images[path.name] = (path, _check_label(spec, base / "imagelabels.mat", label,
+                                                        len(FLOWERS102_CLASSES), first=1))
+        unlisted: list[dict[str, str]] = []
+        entries, splits = _entries_from_split_file(spec, split_file, images, base, FLOWERS102_CLASSES, unlisted)
+        return _assemble(spec, FLOWERS102_CLASSES, entries, splits, own_splits=True, skipped=unlisted)
     split_keys = {"train": "trnid", "val": "valid", "test": "tstid"}
     entries: list[_Entry] = []
     skipped: list[dict[str, str]] = []
@@ -368,8 +487,9 @@ def _resisc45_split_lists(spec: str, root: Path) -> dict[str, str] | None:
 
 
 @SOURCES.register("resisc45")
-def open_resisc45(spec: str, argument: str, download: bool = False) -> Source:
-    """``resisc45:ROOT``: ``ROOT/NWPU-RESISC45/<class>/``; torchgeo's split files in ROOT give the splits."""
+def open_resisc45(spec: str, argument: str, download: bool = False, split_file: str = "") -> Source:
+    """``resisc45:ROOT``: ``ROOT/NWPU-RESISC45/<class>/``; the splits of ``split_file`` (ELEVATER's) when
+    given, else torchgeo's split files in ROOT when there, else none."""
     root = _root(spec, argument)
     data = root / "NWPU-RESISC45"
     if not data.is_dir():
@@ -379,9 +499,19 @@ def open_resisc45(spec: str, argument: str, download: bool = False) -> Source:
             f"torchgeo: `torchgeo.datasets.RESISC45('{root}', download=True)` (which also fetches the split files "
             f"resisc45-{{train,val,test}}.txt), so that {display_path(data)}/<class>/<image>.jpg exists"
         )
-    split_of = _resisc45_split_lists(spec, root)
     skipped: list[dict[str, str]] = []
     warnings: list[str] = []
+    if split_file:
+        found = _class_folder_images(data, RESISC45_FOLDER_NAMES, skipped, warnings)
+        images = {path.name: (path, label) for path, label in found}
+        if len(images) < len(found):
+            raise ValueError(f"{spec}: {display_path(data)} holds two images of one file name; split_file matches "
+                             "by file name: keep one copy")
+        entries, splits = _entries_from_split_file(spec, split_file, images, data, RESISC45_CLASSES, skipped,
+                                                   folders=RESISC45_FOLDER_NAMES)
+        return _assemble(spec, RESISC45_CLASSES, entries, splits, own_splits=True, skipped=skipped,
+                         warnings=warnings)
+    split_of = _resisc45_split_lists(spec, root)
     entries = []
     for path, label in _class_folder_images(data, RESISC45_FOLDER_NAMES, skipped, warnings):
         split = "train" if split_of is None else split_of.get(path.name)

@@ -1,10 +1,10 @@
 """``csv:FILE``: a table of image paths with optional class names and splits.
 
-The header needs a ``path`` column, optionally ``label`` (class NAME; empty = unlabelled) and ``split``
-(a name of letters, digits and ``_``); paths are relative to the CSV's folder; classes are the sorted
-unique names. Rows whose file is missing are skipped with reason ``"missing file"``; repeated paths too
-(``"duplicate of line N"``). Without a ``split`` column everything is ``train`` and the shard stage's
-``test_fraction`` makes the holdout.
+A UTF-8 file, with or without a byte-order mark. The header needs a ``path`` column, optionally ``label``
+(class NAME; empty = unlabelled) and ``split`` (a name of letters, digits and ``_``); paths are relative to
+the CSV's folder; classes are the sorted unique names. Rows whose file is missing are skipped with reason
+``"missing file"``; repeated paths too (``"duplicate of line N"``). Without a ``split`` column everything is
+``train`` and the shard stage's ``test_fraction`` makes the holdout.
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ def open_csv(spec: str, argument: str) -> Source:
     file = Path(require_argument(spec, argument, "FILE")).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"{spec}: CSV file {file} does not exist")
-    with open(file, newline="", encoding="utf-8") as fh:
+    with open(file, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte-order mark is not a column name
         reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        if "path" not in columns:
-            raise ValueError(f"{file}: needs a header with a 'path' column (optional 'label', 'split'); found {columns}")
-        rows = [(reader.line_num, row) for row in reader]
+        try:
+            columns = reader.fieldnames or []
+            rows = [(reader.line_num, row) for row in reader]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{file} is not UTF-8 text ({err}); save it as CSV UTF-8") from None
+    if "path" not in columns:
+        raise ValueError(f"{file}: needs a header with a 'path' column (optional 'label', 'split'); found {columns}")
     has_split = "split" in columns
     classes = sorted({(row.get("label") or "").strip() for _, row in rows} - {""})
     index = {name: i for i, name in enumerate(classes)}

@@ -23,6 +23,8 @@ The module must be imported before ``open_source`` is called: the built-in ones 
 uses it. ``open_source`` splits the spec at its first ``:`` and passes the rest (``""`` if none) to the
 builder, which checks it and says what it expects. A builder that can fetch its data declares a
 ``download: bool = False`` keyword; ``open_source(spec, download=True)`` passes it only to such builders.
+Likewise a builder that can take published split lists declares ``split_file: str = ""``
+(``open_source(spec, split_file=...)``; flowers102 and resisc45).
 
 Keys come from the path relative to the source root (``cat/001.jpg`` -> ``cat__001``), so they are
 stable across runs and unique across splits; see ``make_keys``. Nothing depends on directory listing
@@ -168,11 +170,13 @@ def can_download(builder: SourceBuilder) -> bool:
     return "download" in inspect.signature(builder).parameters
 
 
-def open_source(spec: str, *, download: bool = False) -> Source:
+def open_source(spec: str, *, download: bool = False, split_file: str = "") -> Source:
     """Open ``SCHEME`` or ``SCHEME:ARGUMENT`` with the builder registered for ``SCHEME``.
 
     ``download=True`` lets a builder that declares ``download`` fetch a missing dataset; for any other
     scheme it is an error rather than silently ignored, so nobody waits for a download that never comes.
+    ``split_file`` (split lists to use instead of the dataset's own) likewise goes only to builders that
+    declare it; for others it is an error, not ignored.
     """
     scheme, _, argument = spec.partition(":")
     if scheme not in SOURCES:
@@ -183,13 +187,20 @@ def open_source(spec: str, *, download: bool = False) -> Source:
             f"{', '.join(SOURCES.names())} (write SCHEME or SCHEME:ARGUMENT, e.g. imagefolder:/data/pets)"
         )
     builder = SOURCES.get(scheme)
+    extra: dict[str, str] = {}
+    if split_file:
+        if "split_file" not in inspect.signature(builder).parameters:
+            able = [n for n in SOURCES.names() if "split_file" in inspect.signature(SOURCES.get(n)).parameters]
+            raise ValueError(f"{spec}: source {scheme!r} takes no split_file (accepted by "
+                             f"{', '.join(able) or 'no registered source'}); leave split_file empty")
+        extra["split_file"] = split_file
     if not download:
-        return builder(spec, argument)
+        return builder(spec, argument, **extra)
     if not can_download(builder):
         able = [name for name in SOURCES.names() if can_download(SOURCES.get(name))]
         raise ValueError(f"{spec}: source {scheme!r} cannot download its data (download=true is accepted by "
                          f"{', '.join(able) or 'no registered source'}); set download=false")
-    return builder(spec, argument, download=True)
+    return builder(spec, argument, download=True, **extra)
 
 
 def require_argument(spec: str, argument: str, what: str) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from zmdist.config import load_config
 from zmdist.data.manifest import Manifest
+from zmdist.demo.digits_pipeline import fresh
 from zmdist.demo.parts import train
 from zmdist.stages import al_sim, select
 
@@ -35,6 +36,7 @@ def run_part(ctx: "PartContext") -> dict[str, Any]:
     students: dict[str, Any] = {}
     for strategy in ("centroid", "random"):
         folder = ctx.out / f"select-{strategy}"
+        fresh(folder)  # a rerun picks afresh from the rebuilt embeddings (select refuses other settings)
         chosen = select.run(load_config(select.Config, None, [
             f"embeddings={ctx.embeddings}", f"shards={ctx.shards}", f"strategy={strategy}", f"budget={budget}",
             f"seed={seed}", f"progress={ctx.progress}"]), folder)

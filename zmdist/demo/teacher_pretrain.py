@@ -280,7 +280,8 @@ def read_pretrain_metadata(checkpoint: str | Path) -> dict:
 def evaluate_zero_shot_on_sklearn_digits(
     checkpoint: str | Path | None, model: str = "zmdist-tiny-vit", templates: list[str] | None = None
 ) -> float:
-    """Zero-shot top-1 accuracy of a teacher on all 1,797 real scikit-learn digits.
+    """Zero-shot top-1 accuracy of a teacher on all 1,797 real scikit-learn digits (``checkpoint`` None: the
+    untrained, random-weight teacher, the baseline pretraining is measured against).
 
     Goes the project's way: ``load_teacher(model, pretrained=checkpoint)``, a classifier from
     ``DIGIT_CLASSNAMES`` and ``templates`` (default ``TEMPLATE_SETS["digits"]``) via
@@ -292,7 +293,7 @@ def evaluate_zero_shot_on_sklearn_digits(
     from zmdist.teacher.templates import TEMPLATE_SETS
     from zmdist.teacher.zeroshot import build_zeroshot_classifier
 
-    teacher = load_teacher(model, pretrained=str(checkpoint) if checkpoint else None)
+    teacher = load_teacher(model, pretrained=str(checkpoint) if checkpoint else "random")
     weights = build_zeroshot_classifier(
         teacher.model, teacher.tokenizer, DIGIT_CLASSNAMES, templates or TEMPLATE_SETS["digits"]
     )

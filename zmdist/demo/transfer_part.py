@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from zmdist.config import load_config
+from zmdist.demo.digits_pipeline import fresh
 from zmdist.stages import transfer
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 
 def run_part(ctx: "PartContext") -> dict[str, Any]:
+    fresh(ctx.out / "score")  # scored afresh: a rerun's teacher may differ (transfer refuses other inputs)
     result = transfer.run(load_config(transfer.Config, None, [
         f"embeddings={ctx.embeddings}", f"shards={ctx.shards}", f"templates={ctx.templates}", "task=digits",
         f"progress={ctx.progress}"]), ctx.out / "score")

@@ -3,7 +3,7 @@
 Every rule takes the features (or scores) of the samples it may choose from and returns the indices of
 exactly ``budget`` distinct ones, ascending (fewer only when fewer exist), deterministic for a seed. The
 stage maps them to keys and removes the already-labelled pool first, so "not already labelled" holds by
-construction. Rules follow METHODS.md section 3 (DropQuery, centroid initial pool, baselines) and the
+construction. Rules follow docs/methods.md section 3 (DropQuery, centroid initial pool, baselines) and the
 papers named per function. Nothing here builds an N x N matrix: distances go through
 ``zmdist.methods.kmeans.pairwise_sq_dists`` in row blocks of at most ``MAX_BLOCK_ELEMS`` entries.
 """

@@ -2,7 +2,7 @@
 
 Small pure functions on tensors: they know nothing of ranks, files, optimisers or backends. The engine
 computes logits, calls these, logs the named terms and (across ranks) reduces what it chooses to reduce.
-Facts behind them: ``../shared/notes/METHODS.md`` section 1 (beside the repository). Unit-tested against hand-computed values in
+Facts behind them: ``docs/methods.md`` section 1. Unit-tested against hand-computed values in
 tests/test_methods_ssl.py.
 
 Conventions, shared by every loss here:
@@ -292,7 +292,7 @@ def zeromatch_alpha(step: int, total_steps: int, anneal: Anneal = "linear") -> f
     ``"linear"`` (reference ``ann_mode=1``): ``alpha_t = clamp(step / (total_steps - 1), 0, 1)``, so 0 at
     the first step and exactly 1 at the last, like ``linspace(0, 1, total_steps)[step]`` in the reference
     code, and held at 1 past the end. ``"none"`` (reference ``ann_mode=0``): ``alpha_t = 1`` throughout.
-    The linear ramp is the default (METHODS.md section 1: "alpha_t annealed linearly from 0 to 1").
+    The linear ramp is the default (docs/methods.md section 1: alpha_t rises linearly from 0 to 1).
     """
     if anneal == "none":
         return 1.0

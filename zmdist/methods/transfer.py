@@ -360,7 +360,10 @@ def fit_line(x: ArrayLike, y: ArrayLike) -> LineFit:
 
     The leave-one-out residual of point ``i`` is ``e_i / (1 - h_ii)`` with the leverage
     ``h_ii = 1/n + (x_i - x_mean)^2 / Sxx`` (the same numbers as refitting n times without point i).
-    Needs 3 or more tasks (an interval has n - 2 degrees of freedom) and x not all equal."""
+    Needs 3 or more tasks (an interval has n - 2 degrees of freedom), x not all equal, and y not all equal:
+    a constant target has no variance to explain (R^2 is 0/0) and zero residuals, so its interval would have
+    zero width, a certainty the few measured tasks cannot give. (Equality is tested on the values, not on
+    ``Sxx``/``Syy``: the mean of equal floats can differ from them by rounding, so ``Syy`` need not be 0.)"""
     xs, ys = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
     if xs.shape != ys.shape:
         raise ValueError(f"fit_line: {xs.size} scores but {ys.size} targets")
@@ -369,11 +372,14 @@ def fit_line(x: ArrayLike, y: ArrayLike) -> LineFit:
         raise ValueError(f"fit_line: needs at least 3 tasks (the interval has n - 2 degrees of freedom), got {n}")
     if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
         raise ValueError("fit_line: scores and targets must be finite numbers")
+    if np.ptp(xs) == 0:
+        raise ValueError("fit_line: every task has the same score: a line cannot be fitted")
+    if np.ptp(ys) == 0:
+        raise ValueError(f"fit_line: every task has the same target value ({ys[0]:g}): there is nothing to predict "
+                         "(R^2 undefined, a zero-width interval); drop this target or measure tasks where it differs")
     x_mean, y_mean = xs.mean(), ys.mean()
     dx, dy = xs - x_mean, ys - y_mean
     sxx, syy = float(dx @ dx), float(dy @ dy)
-    if sxx == 0:
-        raise ValueError("fit_line: every task has the same score: a line cannot be fitted")
     slope = float(dx @ dy) / sxx
     intercept = float(y_mean - slope * x_mean)
     residuals = ys - (slope * xs + intercept)
@@ -383,8 +389,17 @@ def fit_line(x: ArrayLike, y: ArrayLike) -> LineFit:
         raise ValueError("fit_line: leaving one task out leaves all the others at the same score: "
                          "leave-one-out errors are undefined; measure tasks with more varied scores")
     loo = residuals / (1 - leverage)
-    r2 = 1 - ss_res / syy if syy > 0 else float("nan")
-    pearson = float(dx @ dy) / math.sqrt(sxx * syy) if syy > 0 else float("nan")
+    r2 = 1 - ss_res / syy
+    pearson = float(dx @ dy) / math.sqrt(sxx * syy)
     return LineFit(slope=slope, intercept=intercept, r2=float(r2), pearson_r=pearson,
                    loo_rmse=float(np.sqrt(np.mean(loo ** 2))), loo_mae=float(np.mean(np.abs(loo))),
                    residual_std=math.sqrt(ss_res / (n - 2)), n=n, x_mean=float(x_mean), sxx=sxx)
+
+
+def extrapolated(x: float, fitted: ArrayLike, margin: float = 0.1) -> bool:
+    """Whether a new task's score ``x`` lies more than ``margin`` x the fitted scores' range outside that range.
+    The line (and its interval, which assumes the line holds) is only evidence where tasks were measured."""
+    xs = np.asarray(fitted, dtype=np.float64)
+    low, high = float(xs.min()), float(xs.max())
+    slack = margin * (high - low)
+    return not low - slack <= x <= high + slack

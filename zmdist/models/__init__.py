@@ -1,8 +1,10 @@
 """Students by name: a small registry (timm-style), plus any timm or torchvision classifier.
 
 ``create_student("cnn-small", num_classes=10)`` builds a registered model; ``"timm:resnet18"`` and
-``"torchvision:resnet18"`` build those libraries' classifiers (random init: students learn from the
-teacher). ``DualHead`` adds ZeroMatch's auxiliary head to any of them without the user changing the model.
+``"torchvision:resnet18"`` build those libraries' classifiers with random weights
+(``zmdist.models.student_init`` loads pretrained ones: one loader for every kind of student, with the
+teachers' rules). ``DualHead`` adds ZeroMatch's auxiliary head to any of them without the user changing
+the model.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def create_student(name: str, num_classes: int, **kwargs) -> nn.Module:
         close = difflib.get_close_matches(name, list_students(), n=3)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(
-            f"student.model: unknown student {name!r}.{hint} Registered: {', '.join(list_students())}; "
+            f"student.name: unknown student {name!r}.{hint} Registered: {', '.join(list_students())}; "
             "or use timm:NAME / torchvision:NAME"
         )
     return _REGISTRY[name](num_classes=num_classes, **kwargs)

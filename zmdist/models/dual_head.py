@@ -36,6 +36,7 @@ class DualHead(nn.Module):
         super().__init__()
         name, head = _last_linear(model)
         _set_submodule(model, name, nn.Identity())
+        self.head_name = name
         self.backbone = model
         self.main = head
         self.aux = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
@@ -43,3 +44,10 @@ class DualHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(x)
         return self.main(feats), self.aux(feats)
+
+    def unwrap(self) -> nn.Module:
+        """The plain classifier for deployment: ``main`` put back where the model's classifier was and
+        ``aux`` dropped, so its state dict has the original model's key names. The wrapper shares that
+        model and must not be used afterwards."""
+        _set_submodule(self.backbone, self.head_name, self.main)
+        return self.backbone

@@ -15,7 +15,7 @@ import torch
 
 from zmdist.data.location import Location
 from zmdist.data.manifest import Manifest
-from zmdist.formats import EmbeddingShard, sidecar_name
+from zmdist.formats import EmbeddingShard, check_split_keys, sidecar_name
 
 
 @dataclass
@@ -36,9 +36,10 @@ def load_split(emb_dir: Location, manifest: Manifest, split: str) -> SplitEmbedd
     N x D float32, e.g. 40 MB for 20,000 ViT-B/32 images)."""
     if split not in manifest.splits:
         raise ValueError(f"split {split!r} is not in the manifest of {manifest.location} (it has {sorted(manifest.splits)})")
-    keys, shards, labels, embs = [], [], [], []
+    keys, shards, labels, embs, files = [], [], [], [], []
     for shard in manifest.split(split).shards:
         name = sidecar_name(shard.name)
+        files.append(str(emb_dir.ref(name)))
         if emb_dir.exists(name) is False:
             raise FileNotFoundError(f"shard {shard.name} has no embedding file {emb_dir.ref(name)}: finish `zmdist embed` first")
         emb = EmbeddingShard.load(emb_dir.ref(name))
@@ -51,6 +52,7 @@ def load_split(emb_dir: Location, manifest: Manifest, split: str) -> SplitEmbedd
         embs.append(emb.embeddings.astype(np.float32))
     if not keys:
         raise ValueError(f"split {split!r} of {manifest.location} has no shards")
+    check_split_keys(split, files, keys)
     return SplitEmbeddings(np.concatenate(keys), np.concatenate(shards), np.concatenate(labels),
                            torch.from_numpy(np.concatenate(embs)))
 
@@ -83,8 +85,16 @@ class Labelling:
 
 
 def make_labelling(labels: np.ndarray, n_classes: int, setting: Literal["ssl", "trzsl", "ul"], *,
-                   labels_per_class: int, seen: list[int], seen_fraction: float, seed: int) -> Labelling:
-    """The labelled / unlabelled split of the pool for ``setting`` (see the module docstring)."""
+                   labels_per_class: int, seen: list[int], seen_fraction: float, seed: int,
+                   ssl_draw: Literal["seeded", "released"] = "seeded") -> Labelling:
+    """The labelled / unlabelled split of the pool for ``setting`` (see the module docstring).
+
+    ``ssl_draw="released"`` draws the SSL labels as the released code does (BatsResearch/
+    menghini-neurips23-code at 2094fa5, ``methods/main_SSL.py``:105-145): per class, ``labels_per_class``
+    rows with numpy's legacy generator re-seeded to 0 (its ``validation_seed``) before every class, so the
+    same labels for every ``seed``; then 80% of them (``ratio_train_val``, again seeded 0) are trained on and
+    the other 20% are its validation set, which its rounds never use (they keep the last epoch): those rows
+    are neither labelled nor unlabelled here. The rest of the pool is unlabelled."""
     rows = np.arange(len(labels))
     everyone = list(range(n_classes))
     if setting == "ul":
@@ -92,6 +102,8 @@ def make_labelling(labels: np.ndarray, n_classes: int, setting: Literal["ssl", "
     if (labels < 0).all():
         raise ValueError(f"setting={setting} needs ground-truth labels in the pool's embedding files "
                          "('labels' are all -1): use setting=ul, or shard a labelled source")
+    if setting == "ssl" and ssl_draw == "released":
+        return _released_ssl_labelling(labels, rows, everyone, labels_per_class)
     if setting == "ssl":
         rng = np.random.default_rng(seed)
         picked = []
@@ -107,3 +119,18 @@ def make_labelling(labels: np.ndarray, n_classes: int, setting: Literal["ssl", "
     is_seen = np.isin(labels, seen_classes)
     unseen = [c for c in everyone if c not in seen_classes]
     return Labelling(rows[is_seen], rows[~is_seen], unseen, seen_classes)
+
+
+def _released_ssl_labelling(labels: np.ndarray, rows: np.ndarray, everyone: list[int],
+                            labels_per_class: int) -> Labelling:
+    """The released code's SSL draw (see :func:`make_labelling`), in pool row order where it uses file order."""
+    few = []
+    for c in everyone:
+        have = rows[labels == c]
+        if len(have) < labels_per_class:
+            raise ValueError(f"setting=ssl: class {c} has {len(have)} labelled images in the pool, fewer than "
+                             f"labels_per_class={labels_per_class}")
+        few.append(np.random.RandomState(0).choice(have, size=labels_per_class, replace=False))
+    shots = np.concatenate(few) if few else rows[:0]
+    train = np.random.RandomState(0).choice(len(shots), size=int(len(shots) * 0.8), replace=False)
+    return Labelling(np.sort(shots[train]), np.setdiff1d(rows, shots), everyone, everyone)

@@ -8,16 +8,12 @@ from typing import Any
 
 import torch
 
-from zmdist.atomic import atomic_path
+from zmdist.atomic import atomic_safetensors
 
 
 def save_prompt(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write ``tensors`` atomically, with ``meta`` (JSON) under the ``zmdist`` metadata key."""
-    from safetensors.torch import save_file
-
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"zmdist": json.dumps(meta, sort_keys=True)})
+    atomic_safetensors(path, tensors, {"zmdist": json.dumps(meta, sort_keys=True)})
 
 
 def load_prompt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

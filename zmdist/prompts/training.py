@@ -21,7 +21,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from zmdist import dist
-from zmdist.methods.prompting import weighted_prompt_loss
+from zmdist.methods.prompting import part_mean_prompt_loss, weighted_prompt_loss
 from zmdist.progress import Progress
 from zmdist.train.schedule import warmup_cosine
 
@@ -51,15 +51,20 @@ def _slice(n: int, rank: int, world: int) -> slice:
 def train_round(prompt: nn.Module, logits_of: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
                 is_labelled: torch.Tensor, weights: tuple[float, float], optim: OptimSettings, seed: int,
                 progress: bool = False, desc: str = "prompt-tune",
-                validate: Callable[[], float] | None = None) -> dict[str, float]:
+                validate: Callable[[], float] | None = None, loss_balance: str = "clean",
+                keep_epoch: str = "best") -> dict[str, float]:
     """Train ``prompt``'s parameters for ``optim.epochs`` epochs over the rows of ``targets``.
 
     ``logits_of(rows)`` gives the (len(rows), C) logits of those rows with the current prompt (textual:
     cached image embeddings against the prompt's class features; visual: prompted image features against
     a fixed head). ``validate()`` (optional) scores the prompt after every epoch (accuracy on held-out
-    pseudolabels); the prompt of the best-scoring epoch is kept (the earliest on ties). Every rank holds
-    the same parameters and scores the same rows, so every rank keeps the same epoch. Returns the number
-    of steps, the mean loss of the last epoch (summed over ranks) and, with ``validate``, the best epoch."""
+    pseudolabels); with ``keep_epoch="best"`` the prompt of the best-scoring epoch is kept (the earliest on
+    ties), with ``"last"`` the last epoch's (as the released code returns, whatever its validation said).
+    Every rank holds the same parameters and scores the same rows, so every rank keeps the same epoch.
+    ``loss_balance``: ``"clean"`` (:func:`weighted_prompt_loss`, a sum over the batch / B) or
+    ``"released"`` (:func:`part_mean_prompt_loss`, weighted means per part; counts of the GLOBAL batch).
+    Returns the number of steps, the mean loss of the last epoch (summed over ranks) and, with
+    ``validate``, the best epoch."""
     n = len(targets)
     if n == 0:
         raise ValueError("prompt training got no sample: no labels and no pseudolabels this round")
@@ -79,8 +84,13 @@ def train_round(prompt: nn.Module, logits_of: Callable[[torch.Tensor], torch.Ten
             for start in range(0, n, optim.batch_size):
                 batch = order[start:start + optim.batch_size]
                 mine = batch[_slice(len(batch), rank, world)].to(targets.device)
-                loss = weighted_prompt_loss(logits_of(mine), targets[mine], is_labelled[mine], *weights,
-                                            batch_total=len(batch))
+                if loss_balance == "released":
+                    n_l = int(is_labelled[batch.to(is_labelled.device)].sum())
+                    loss = part_mean_prompt_loss(logits_of(mine), targets[mine], is_labelled[mine], *weights,
+                                                 batch_labelled=n_l, batch_pseudo=len(batch) - n_l)
+                else:
+                    loss = weighted_prompt_loss(logits_of(mine), targets[mine], is_labelled[mine], *weights,
+                                                batch_total=len(batch))
                 opt.zero_grad(set_to_none=False)
                 loss.backward()
                 for p in params:
@@ -107,8 +117,10 @@ def train_round(prompt: nn.Module, logits_of: Callable[[torch.Tensor], torch.Ten
         last_epoch_loss = sum(dist.all_gather_objects(last_epoch_loss))  # type: ignore[arg-type]
     stats = {"steps": total, "last_epoch_loss": last_epoch_loss}
     if best is not None:
-        prompt.load_state_dict(best[2])
-        stats.update(best_epoch=best[1], validation_accuracy=best[0])
+        if keep_epoch == "best":
+            prompt.load_state_dict(best[2])
+        stats.update(best_epoch=best[1], validation_accuracy=best[0], kept_epoch=(
+            best[1] if keep_epoch == "best" else optim.epochs - 1))
     return stats
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zmdist.formats import EmbeddingShard, open_embedding_run, sidecar_name
+from zmdist.formats import EmbeddingShard, check_split_keys, open_embedding_run, sidecar_name
 
 
 @dataclass
@@ -65,6 +65,7 @@ def load_pool(embeddings: str, split: str, shards: str = "") -> Pool:
         filled += rows
     if features is None or filled == 0:
         raise ValueError(f"split {split!r} of {embeddings} has no embedded samples")
+    check_split_keys(split, [str(folder.ref(name)) for name in names], keys)
     return Pool(np.concatenate(keys), np.concatenate(labels), features[:filled], list(manifest.classes))
 
 

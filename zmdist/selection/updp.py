@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zmdist.atomic import atomic_safetensors
 from zmdist.config import option
 from zmdist.methods.updp import cluster_loss, instance_loss
 from zmdist.progress import Progress
@@ -88,10 +89,8 @@ def augment(x: torch.Tensor, noise: float, drop: float, generator: torch.Generat
 
 
 def save_model(model: UpdpModel, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path),
-              metadata=model.shape_info())
+    """Weights and shape metadata, written atomically: a killed run never leaves half a model to reuse."""
+    atomic_safetensors(path, model.state_dict(), model.shape_info())
 
 
 def load_model(path: str, dim: int, clusters: int, cfg: UpdpConfig) -> tuple[UpdpModel, dict[str, Any]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal, Union, get_args, get_origin
 
-from zmdist.config import ConfigError, describe_default, iter_options, load_config, type_name
+from zmdist.config import ConfigError, describe_default, iter_aliases, iter_options, load_config, type_name
 from zmdist.registry import Registry
 
 # stage name -> dotted module path (a string: the module is imported on first use)
@@ -150,6 +150,12 @@ def build_stage_parser(target: Any, name: str) -> argparse.ArgumentParser:
         options.add_argument(written, dest=_FLAG_PREFIX + key, metavar=metavar(tp), help=text)
         if dashed != written:  # the same option spelt with dashes; not listed twice in --help
             options.add_argument(dashed, dest=_FLAG_PREFIX + key, help=argparse.SUPPRESS)
+    for old, new in iter_aliases(module.Config):  # older spellings (zmdist.config ALIASES), still accepted
+        written, dashed = _flag_spellings(old)
+        options.add_argument(written, dest=_FLAG_PREFIX + old, metavar="VALUE",
+                             help=f"older spelling of {new} (also as {old}=... and in --config files)")
+        if dashed != written:
+            options.add_argument(dashed, dest=_FLAG_PREFIX + old, help=argparse.SUPPRESS)
     return parser
 
 
@@ -215,6 +221,8 @@ register_stage("shard")
 register_stage("embed")
 register_stage("pseudolabel")
 register_stage("train")
+register_stage("export")
+register_stage("predict")
 register_stage("prompt-tune")
 register_stage("select")
 register_stage("al-sim")

@@ -7,7 +7,9 @@ dropout linear probe is trained on the labels and scored on ``test_split`` (accu
 accuracy). Writes ``OUT/cells/<init>+<query>-seed<s>.json`` per finished cell (a rerun skips them:
 resumable per cell), and once every cell is done ``OUT/curves.csv``, ``OUT/learning_curve.png`` and
 ``OUT/summary.json``. Ranks and job-array tasks (``task_index``/``num_tasks``, default from SLURM)
-take disjoint shares of the cells; the worker that finds all cells done writes the merged files.
+take disjoint shares of the cells, each worker holding ``OUT/.lock-task{i}-rank{r}`` over its share
+(``zmdist.stages.common.WorkerLock``: a second run on the same folder is refused); the worker that finds
+all cells done writes the merged files.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from zmdist.selection.probe import ProbeConfig
 from zmdist.selection.simulate import Cell, curves, headline, my_cells, plan_cells, plot_curves, run_cell, to_csv
 from zmdist.selection.strategies import RuleConfig
 from zmdist.selection.updp import UpdpConfig
-from zmdist.stages.common import check_run_info, resolve_device
+from zmdist.stages.common import WorkerLock, check_run_info, resolve_device, warn_single_class
+from zmdist.stages.outdir import claim_output
 
 NAME = "al-sim"
 HELP = "simulate active learning rounds on embeddings: strategies x seeds, learning-curve CSV and PNG"
@@ -73,6 +76,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     dist.init_distributed(info)
     device = resolve_device(cfg.device, info)
     log.info("al-sim: %s", dist.describe(info))
+    claim_output(out, NAME, mark=info.is_main)
     train = load_pool(cfg.embeddings, cfg.train_split, cfg.shards)
     test = load_pool(cfg.embeddings, cfg.test_split, cfg.shards)
     for split, pool in ((cfg.train_split, train), (cfg.test_split, test)):
@@ -80,6 +84,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         if unlabelled:
             raise ValueError(f"split {split!r} of {cfg.embeddings} has {unlabelled} samples without a label: the "
                              "simulation's oracle needs ground truth for every sample")
+    warn_single_class(train.labels, train.classes, f"{NAME}: split {cfg.train_split!r} (every labelled set)")
     needed = len(train.classes) * (cfg.start_per_class + cfg.step_per_class * (cfg.rounds - 1))
     if needed > len(train):
         raise ValueError(f"rounds={cfg.rounds} would label {needed} samples but split {cfg.train_split!r} has "
@@ -92,32 +97,33 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     dist.barrier()
     cells = plan_cells(cfg.inits, cfg.strategies, cfg.seeds)
     mine = my_cells(cells, info.worker_index, info.num_workers)
-    todo = [c for c in mine if not (cells_dir / f"{c.name}.json").is_file()]
-    start = time.perf_counter()
-    with Progress(len(mine), "al-sim", "cell", enabled=cfg.progress and info.is_main,
-                  initial=len(mine) - len(todo)) as bar:
-        for cell in todo:
-            rows = run_cell(cell, train, test, rounds=cfg.rounds, start_per_class=cfg.start_per_class,
-                            step_per_class=cfg.step_per_class, rules=cfg.rules, probe=cfg.probe, updp=cfg.updp,
-                            device=device)
-            atomic_write_text(cells_dir / f"{cell.name}.json", json.dumps(rows, indent=1) + "\n")
-            bar.update(1)
-    per_worker = dist.all_gather_objects({"worker": info.worker_index, "cells_run": len(todo),
-                                          "cells_assigned": len(mine), "seconds": time.perf_counter() - start})
-    dist.barrier()
-    done = [c for c in cells if (cells_dir / f"{c.name}.json").is_file()]
-    results: dict[str, Any] = {"stage": NAME, "world_size": info.world_size, "task_index": info.task_index,
-                               "num_tasks": info.num_tasks, "cells_total": len(cells), "cells_done": len(done),
-                               "complete": len(done) == len(cells), "per_worker": per_worker}
-    if info.is_main:
-        if info.num_tasks > 1:
-            atomic_write_text(out / f"summary.task-{info.task_index}-of-{info.num_tasks}.json",
-                              json.dumps(results, indent=2))
-        if results["complete"]:
-            results.update(merge(cells, cells_dir, out))
-            write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seeds[0], classes=train.classes)})
-    dist.barrier()
-    return results
+    with WorkerLock(out, info.task_index, info.rank, [c.name for c in mine], NAME):  # disjoint shares
+        todo = [c for c in mine if not (cells_dir / f"{c.name}.json").is_file()]
+        start = time.perf_counter()
+        with Progress(len(mine), "al-sim", "cell", enabled=cfg.progress and info.is_main,
+                      initial=len(mine) - len(todo)) as bar:
+            for cell in todo:
+                rows = run_cell(cell, train, test, rounds=cfg.rounds, start_per_class=cfg.start_per_class,
+                                step_per_class=cfg.step_per_class, rules=cfg.rules, probe=cfg.probe, updp=cfg.updp,
+                                device=device)
+                atomic_write_text(cells_dir / f"{cell.name}.json", json.dumps(rows, indent=1) + "\n")
+                bar.update(1)
+        per_worker = dist.all_gather_objects({"worker": info.worker_index, "cells_run": len(todo),
+                                              "cells_assigned": len(mine), "seconds": time.perf_counter() - start})
+        dist.barrier()
+        done = [c for c in cells if (cells_dir / f"{c.name}.json").is_file()]
+        results: dict[str, Any] = {"stage": NAME, "world_size": info.world_size, "task_index": info.task_index,
+                                   "num_tasks": info.num_tasks, "cells_total": len(cells), "cells_done": len(done),
+                                   "complete": len(done) == len(cells), "per_worker": per_worker}
+        if info.is_main:
+            if info.num_tasks > 1:
+                atomic_write_text(out / f"summary.task-{info.task_index}-of-{info.num_tasks}.json",
+                                  json.dumps(results, indent=2))
+            if results["complete"]:
+                results.update(merge(cells, cells_dir, out))
+                write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seeds[0], classes=train.classes)})
+        dist.barrier()
+        return results
 
 
 def merge(cells: list[Cell], cells_dir: Path, out: Path) -> dict[str, Any]:

@@ -26,9 +26,10 @@ from zmdist.bench.dryrun import describe
 from zmdist.bench.plan import Plan, build_plan
 from zmdist.bench.report import write_report
 from zmdist.bench.runner import read_status, run_steps
-from zmdist.bench.spec import load_sweep
+from zmdist.bench.spec import Sweep, load_sweep
 from zmdist.config import option, to_dict
 from zmdist.provenance import provenance, write_run_files
+from zmdist.stages.outdir import own_output
 
 NAME = "bench"
 HELP = "run a benchmark sweep (datasets x budgets x methods x seeds x teachers) and report it beside the papers"
@@ -63,6 +64,12 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
         text = describe(sweep, plan)
         print(text)
         return {"stage": NAME, "action": "plan", "steps": len(plan.steps), "cells": len(plan.cells), "text": text}
+    # only=shared/cells: the jobs of a run whose submitting command holds the folder (array tasks run at once)
+    with own_output(out, NAME, main=cfg.only == "all"):
+        return _run(cfg, sweep, plan, out)
+
+
+def _run(cfg: Config, sweep: Sweep, plan: Plan, out: Path) -> dict[str, Any]:
     plan.save()
     if cfg.launcher == "slurm" and cfg.only == "all":
         from zmdist.bench.submit import submit_plan

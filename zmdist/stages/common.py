@@ -10,8 +10,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
+import numpy as np
 import torch
 
 from zmdist.atomic import atomic_write_text
@@ -21,6 +22,7 @@ from zmdist.data.manifest import Manifest, keys_digest
 from zmdist.data.reader import assign_shards, shard_keys
 from zmdist.dist import DistInfo
 from zmdist.formats import sidecar_name
+from zmdist.jsonfile import read_json
 from zmdist.provenance import hash_json
 
 log = logging.getLogger("zmdist")
@@ -30,8 +32,9 @@ log = logging.getLogger("zmdist")
 class TeacherConfig:
     model: str = option("ViT-B-32", "open_clip model name (tiny offline ones: zmdist-tiny-vit, zmdist-micro-vit), "
                                     "hf-hub:org/repo, or local-dir:PATH (a folder with open_clip_config.json + weights)")
-    pretrained: str = option("", "open_clip pretrained tag, or a local checkpoint path; empty = random weights "
-                                 "(must be empty for hf-hub:/local-dir: models, which bring their weights)")
+    pretrained: str = option("", "open_clip pretrained tag, a local checkpoint path, or random (random weights, on "
+                                 "purpose); required for a registered model name, empty for hf-hub:/local-dir: "
+                                 "models (they bring their weights)")
     model_config: str = option("", "extra open_clip model-config JSON file or folder to register first")
     cache_dir: str = option("", "folder open_clip downloads tags and hf-hub: repos into and reads them from "
                                 "(offline: a pre-filled hub cache + HF_HUB_OFFLINE=1); empty = HF_HUB_CACHE")
@@ -91,6 +94,10 @@ _WHAT_CHANGED = {
     "prompts_fingerprint": "prompts (other templates or class names)",
     "jpeg_draft": "jpeg_draft (JPEGs decoded at reduced scale or in full)",
     "splits": "splits",
+    "labelled_keys": "labelled_keys (the labelled= file lists other keys)",
+    "table_sha256": "table (the CSV file's content)",
+    "fit_fingerprint": "fit (the fit.json's content)",
+    "scores_read": "scores (the new tasks' scores as read)",
 }
 
 
@@ -102,7 +109,8 @@ def check_run_info(path: Path, compared: dict[str, Any], what: str, recorded: di
     teacher's config) are informative and refreshed on a matching rerun. A refusal names what changed."""
     recorded = recorded or {}
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, f"it records what made the {what} in {path.parent}, so they cannot be checked; "
+                              f"start afresh with a new --out folder, or delete {path.parent}")
         diff = {k: (old.get(k), v) for k, v in compared.items() if old.get(k) != v}
         if diff:
             details = "; ".join(
@@ -118,6 +126,24 @@ def check_run_info(path: Path, compared: dict[str, Any], what: str, recorded: di
         if all(old.get(k) == v for k, v in recorded.items()):
             return
     atomic_write_text(path, json.dumps({**compared, **recorded}, indent=2) + "\n")
+
+
+def warn_single_class(labels: np.ndarray | Sequence[int], classes: list[str], what: str) -> bool:
+    """Log a warning when every labelled sample (label >= 0) is of one class, and say whether it did.
+
+    Why a warning and not an error: the run is valid (TRZSL with one seen class, a deliberately one-class
+    probe), but a model trained on one class's labels learns nothing that tells classes apart, which is
+    rarely what a user who labelled a handful of keys meant."""
+    known = np.asarray(labels, dtype=np.int64)
+    known = known[known >= 0]
+    present = np.unique(known)
+    if len(present) != 1:
+        return False
+    index = int(present[0])
+    log.warning("%s: all %d labelled samples are of class %r (index %d): what trains on them cannot learn to tell "
+                "classes apart; label samples of at least 2 classes", what, len(known),
+                classes[index] if index < len(classes) else str(index), index)
+    return True
 
 
 def shards_fingerprint(jobs: list[ShardJob], classes: list[str]) -> str:
@@ -155,6 +181,9 @@ def check_count(job: ShardJob, found: int) -> None:
         )
 
 
+WHOLE_FOLDER = "*"  # the shard list of a lock held over a whole output folder (``WorkerLock.whole_folder``)
+
+
 class WorkerLock:
     """``OUT/.lock-task{i}-rank{r}``: one process of one run writes (and cleans the temp files of) its
     shards of ``OUT``.
@@ -186,9 +215,15 @@ class WorkerLock:
         self.shards = sorted(shards)
         self.what = what
         self.token = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                      "shards": self.shards}
+                      "shards": self.shards, "stage": what}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def whole_folder(cls, out: Path, what: str) -> "WorkerLock":
+        """The lock of a run that writes ``out`` from one process (``OUT/.lock-task0-rank0``): its shard list
+        is ``WHOLE_FOLDER``, which overlaps every other lock, so any second writer of ``out`` is refused."""
+        return cls(out, 0, 0, [WHOLE_FOLDER], what)
 
     # -- reading other locks ------------------------------------------------------------------------
     @classmethod
@@ -213,7 +248,8 @@ class WorkerLock:
 
     def _busy(self, path: Path, data: dict[str, Any]) -> ValueError:
         return ValueError(
-            f"{self.out} is being written by another `zmdist {self.what}` run (host {data.get('host')}, "
+            f"{self.out} is being written by another `zmdist {data.get('stage', self.what)}` run "
+            f"(host {data.get('host')}, "
             f"pid {data.get('pid')}, lock {path}). Wait for it to finish; if that run is gone, delete {path} "
             f"(or wait {int(self.stale_s)} s for it to count as stale), or use a new --out folder."
         )
@@ -254,7 +290,8 @@ class WorkerLock:
             data = self._read(other)
             if data is None or self.is_stale(other, data):
                 continue
-            if set(data.get("shards") or []) & set(self.shards):
+            theirs = set(data.get("shards") or [])
+            if theirs & set(self.shards) or WHOLE_FOLDER in theirs | set(self.shards):
                 self.release()
                 raise self._busy(other, data)
         self._thread = threading.Thread(target=self._beat, name="zmdist-lock-heartbeat", daemon=True)

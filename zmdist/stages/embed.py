@@ -47,8 +47,9 @@ from zmdist.stages.common import (
     shards_fingerprint,
     shards_spec,
 )
+from zmdist.stages.outdir import claim_output
 from zmdist.teacher import load_teacher
-from zmdist.teacher.loading import teacher_fingerprint
+from zmdist.teacher.loading import check_teacher_weights, teacher_fingerprint
 
 NAME = "embed"
 HELP = "embed every image shard with an open_clip teacher (resumable, parallel over ranks and array tasks)"
@@ -63,7 +64,7 @@ class Config:
     splits: list[str] = option(factory=list, help="splits to embed; empty = every split in the manifest")
     batch_size: int = option(256, "images per forward pass", min=1)
     num_workers: int = option(2, "DataLoader worker processes decoding images (0 = in the main process)", min=0)
-    seed: int = option(0, "seed of a random-weight teacher (empty teacher.pretrained): every rank and rerun gets the same one")
+    seed: int = option(0, "seed of a random-weight teacher (teacher.pretrained=random): every rank and rerun gets the same one")
     precision: Precision = option("auto", "auto (bf16/fp16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16")
     device: str = option("auto", "auto (this rank's GPU, else CPU), cpu, cuda, cuda:N")
     task_index: int | None = option(None, "this job-array task's index; default from SLURM_ARRAY_TASK_ID", min=0)
@@ -150,10 +151,12 @@ def _embed_shards(
 
 def run(cfg: Config, out: Path, on_shard_written: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Embed this worker's share of the shards; ``on_shard_written`` is a test hook (see ``_embed_shards``)."""
+    check_teacher_weights(cfg.teacher.model, cfg.teacher.pretrained)  # before `out` exists: no silent random teacher
     info = dist.detect(cfg.task_index, cfg.num_tasks)
     dist.init_distributed(info)
     device = resolve_device(cfg.device, info)
     log.info("embed: %s", dist.describe(info))
+    claim_output(out, NAME, mark=info.is_main)
     manifest = Manifest.load(cfg.shards)
     out.mkdir(parents=True, exist_ok=True)
     all_jobs, mine = plan_shards(manifest, cfg.splits, out, info)

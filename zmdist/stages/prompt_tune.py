@@ -7,6 +7,12 @@ the seen classes labelled; pseudolabels among the unseen classes), ``ul`` (no la
 growing from 10% of the pool to all of it). Every round re-initialises the prompt, trains it on the
 labels plus that round's pseudolabels with the setting's loss weights, then relabels the pool with it.
 
+Those are the method's clean choices (the defaults). The released code (BatsResearch/menghini-neurips23-code
+at 2094fa5), which produced the published numbers, differs; each difference is an option, all of them on in
+``configs/bench/grip.yaml``: ``loss_balance`` (weighted per-part means), ``k_schedule`` (floored K),
+``rounds_init`` (warm-started rounds), ``keep_epoch`` (the last epoch), ``ssl_draw`` (labels drawn once,
+80% trained on) and ``trzsl_softmax`` (a softmax over the unseen classes).
+
 Textual (CoOp) prompts train on the cached image embeddings of ``zmdist embed``: no image goes through
 the image tower. Visual (VPT-shallow) and multimodal (text + visual tokens from one shared transformer)
 prompts decode the split's images from the shards once, keep them preprocessed in memory (so the pool must
@@ -14,7 +20,8 @@ fit: N x 3 x S x S floats), and run them through the frozen image tower every st
 
 Each round is saved in ``OUT/round-NN/`` (``prompt.safetensors``, ``pseudolabels.npz``, ``pool_probs.npy``,
 ``classifier.npy`` for textual prompts, and ``metrics.json`` last, which marks the round finished); a rerun
-resumes after the last finished round. ``OUT/classifier.npy`` (C x D, unit rows) is the final textual
+resumes after the last finished round (every file is written atomically, and the temp files of a killed
+run are removed when it is rerun). ``OUT/classifier.npy`` (C x D, unit rows) is the final textual
 prompt's head: ``zmdist pseudolabel classifier=OUT/classifier.npy``.
 Data-parallel under torchrun (gloo on CPU): see ``zmdist.prompts.training``.
 """
@@ -23,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +39,19 @@ import numpy as np
 import torch
 
 from zmdist import dist
-from zmdist.atomic import atomic_save_npz, atomic_write_text
+from zmdist.atomic import atomic_copy, atomic_save_npy, atomic_save_npz, atomic_write_text, clean_temp_dir
 from zmdist.config import ConfigError, option, to_dict
 from zmdist.data.manifest import Manifest
 from zmdist.data.reader import iter_shard
-from zmdist.methods.prompting import grip_k, harmonic_mean, loss_weights, top_k_per_class
-from zmdist.prompts import MultimodalPrompt, TextualPrompt, VisualPrompt, save_prompt
+from zmdist.methods.prompting import (candidate_probs, grip_k, harmonic_mean, loss_weights, released_loss_weights,
+                                      top_k_per_class)
+from zmdist.prompts import MultimodalPrompt, TextualPrompt, VisualPrompt, load_prompt, save_prompt
 from zmdist.prompts.data import Labelling, SplitEmbeddings, load_split, make_labelling
 from zmdist.prompts.training import OptimSettings, predict_probs, train_round
 from zmdist.formats import open_embedding_run
 from zmdist.provenance import hash_json, provenance, write_run_files
-from zmdist.stages.common import check_run_info, resolve_device, shards_spec
+from zmdist.stages.common import check_run_info, resolve_device, shards_spec, warn_single_class
+from zmdist.stages.outdir import own_output
 from zmdist.teacher import build_zeroshot_classifier, get_templates, prompt_names
 from zmdist.teacher.loading import Teacher, load_recorded_teacher
 
@@ -95,6 +103,32 @@ class Config:
     threads: int = option(0, "torch CPU threads during the run (0 = torch's default). Prompt steps are many tiny "
                              "ops: on a busy 2-core machine one thread ran 11-24x faster than two", min=0)
     progress: bool = option(True, "show training steps per round (rank 0)")
+    loss_balance: Literal["clean", "released"] = option(
+        "clean", "clean: (w_L sum CE_L + w_P sum CE_P) / B, both sets about equal total weight every round; "
+                 "released: w_L mean CE_L + w_P mean CE_P with the released weights (SSL IFPL/GRIP w_L = |L|/|P|), "
+                 "what the published numbers used (BatsResearch/menghini-neurips23-code@2094fa5 methods/semi_supervised_learning/textual_fpl.py:115-165, "
+                 "training_strategies.py:637; transductive_zsl/textual_fpl.py:109-122)")
+    k_schedule: Literal["clean", "released"] = option(
+        "clean", "grip's K: clean rounds up, so every round pseudolabels and the last labels the whole pool; "
+                 "released floors (K can be 0 in round 0), as published "
+                 "(BatsResearch/menghini-neurips23-code@2094fa5 methods/semi_supervised_learning/training_strategies.py:473-485, 553-560)")
+    rounds_init: Literal["fresh", "released"] = option(
+        "fresh", "fresh: every round starts from a new init (the method's description); released: textual "
+                 "context / multimodal tokens warm-start from the last round, as the released prompt shares "
+                 "storage with its init (BatsResearch/menghini-neurips23-code@2094fa5 models/prompts_models.py:28, 85-86; "
+                 "training_strategies.py:147, 157-175); visual stays fresh")
+    keep_epoch: Literal["best", "last"] = option(
+        "best", "best: the epoch that agrees best with the held-out pseudolabels (what the hold-out is for); "
+                "last: the last epoch, which the released train() returns whatever its validation said "
+                "(BatsResearch/menghini-neurips23-code@2094fa5 methods/semi_supervised_learning/training_strategies.py:367)")
+    ssl_draw: Literal["seeded", "released"] = option(
+        "seeded", "ssl labels: seeded: labels_per_class per class drawn with seed, all trained on; released: "
+                  "drawn with seed 0 for every seed, 80% trained on and 20% kept out as its unused validation "
+                  "set (BatsResearch/menghini-neurips23-code@2094fa5 methods/main_SSL.py:105-145)")
+    trzsl_softmax: Literal["all", "unseen"] = option(
+        "all", "trzsl pseudolabels rank a softmax over all classes, restricted to the unseen ones (the seen "
+               "classes' mass counts against an image); unseen: a softmax over the unseen classes only, as "
+               "released (BatsResearch/menghini-neurips23-code@2094fa5 methods/transductive_zsl/textual_fpl.py:65-78, 185-186)")
 
 
 @dataclass
@@ -113,7 +147,8 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(cfg, out)
+        with own_output(out, NAME, main=dist.detect().is_main):  # one prompt-tune run writes `out`
+            return _run(cfg, out)
     finally:
         torch.set_num_threads(before)  # the caller's setting (quickstart runs stages in one process)
 
@@ -136,7 +171,9 @@ def _run(cfg: Config, out: Path) -> dict[str, Any]:
     pool = load_split(emb_dir, manifest, cfg.train_split)
     test = load_split(emb_dir, manifest, cfg.eval_split) if cfg.eval_split in manifest.splits else None
     labelling = make_labelling(pool.labels, len(classnames), cfg.setting, labels_per_class=cfg.labels_per_class,
-                               seen=cfg.seen_classes, seen_fraction=cfg.seen_fraction, seed=cfg.seed)
+                               seen=cfg.seen_classes, seen_fraction=cfg.seen_fraction, seed=cfg.seed,
+                               ssl_draw=cfg.ssl_draw)
+    warn_single_class(pool.labels[labelling.labelled], manifest.classes, f"{NAME}: setting={cfg.setting}")
     task = _Task(pool, test, labelling, len(classnames), teacher.logit_scale)
     out.mkdir(parents=True, exist_ok=True)
     if info.is_main:
@@ -150,6 +187,8 @@ def _run(cfg: Config, out: Path) -> dict[str, Any]:
         }, "prompt tuning rounds", recorded={
             "embeddings": shards_spec(cfg.embeddings), "settings_used": settings,
         })
+        for folder in [out, *sorted(out.glob("round-*"))]:  # files a killed run left half-written
+            clean_temp_dir(folder)
     dist.barrier()
     zero_shot = build_zeroshot_classifier(teacher.model, teacher.tokenizer, classnames, templates, device=device)
     images = (_Images(cfg, manifest, teacher, device, {cfg.train_split: pool, cfg.eval_split: test})
@@ -172,9 +211,9 @@ def _run(cfg: Config, out: Path) -> dict[str, Any]:
         "resumed_at_round": first, "seconds": time.perf_counter() - start,
     }
     if info.is_main:
-        shutil.copyfile(final / "prompt.safetensors", out / "prompt.safetensors")
+        atomic_copy(final / "prompt.safetensors", out / "prompt.safetensors")
         if cfg.prompt == "textual":
-            shutil.copyfile(final / "classifier.npy", out / "classifier.npy")
+            atomic_copy(final / "classifier.npy", out / "classifier.npy")
             results["classifier"] = str(out / "classifier.npy")
         write_run_files(out, to_dict(cfg), {**results, **provenance(seed=cfg.seed, classes=classnames,
                                                                       templates=templates)})
@@ -273,7 +312,7 @@ def _round_k(cfg: Config, t: int, rounds: int, n_unlabelled: int, n_candidates: 
     if cfg.strategy == "none":
         return 0
     if cfg.strategy == "grip":
-        return grip_k(t, n_unlabelled, n_candidates, rounds)
+        return grip_k(t, n_unlabelled, n_candidates, rounds, schedule=cfg.k_schedule)
     return cfg.k
 
 
@@ -291,13 +330,16 @@ def _hold_out(assigned: dict[int, list[int]], fraction: float, seed: int) -> dic
 def _one_round(cfg: Config, task: _Task, teacher: Teacher, classnames: list[str], zero_shot: torch.Tensor,
                images: _Images | None, probs: np.ndarray, t: int, rounds: int, folder: Path, device: torch.device,
                info: dist.DistInfo) -> np.ndarray:
-    """Assign top-K pseudolabels from ``probs``, train a fresh prompt on labels + pseudolabels (minus the
-    held-out ones), relabel the pool with it, save the round."""
+    """Assign top-K pseudolabels from ``probs``, train a prompt (fresh, or warm from the last round with
+    ``rounds_init=released``) on labels + pseudolabels (minus the held-out ones), relabel the pool with it,
+    save the round. A round with nothing to train on (``k_schedule=released``'s K = 0 without labels)
+    keeps its initial prompt, logged."""
     t0 = time.perf_counter()
     lab, cand = task.labelling, task.labelling.candidate_classes
     k = _round_k(cfg, t, rounds, len(lab.unlabelled), len(cand))
     seed = cfg.seed * 1_000_003 + t
-    picked = top_k_per_class(torch.from_numpy(probs[lab.unlabelled][:, cand]), k)
+    over = "candidates" if cfg.setting == "trzsl" and cfg.trzsl_softmax == "unseen" else "all"
+    picked = top_k_per_class(candidate_probs(torch.from_numpy(probs[lab.unlabelled]), cand, over), k)
     assigned = {cand[j]: rows for j, rows in picked.items()}  # class -> rows of the unlabelled pool
     use_holdout = cfg.holdout_fraction > 0 and k >= cfg.holdout_min_k
     held = _hold_out(assigned, cfg.holdout_fraction, seed) if use_holdout else {c: [] for c in assigned}
@@ -309,18 +351,28 @@ def _one_round(cfg: Config, task: _Task, teacher: Teacher, classnames: list[str]
     targets = torch.from_numpy(np.concatenate([task.pool.labels[lab.labelled], p_cls])).to(device)
     is_labelled = torch.zeros(len(rows), dtype=torch.bool, device=device)
     is_labelled[:len(lab.labelled)] = True
-    weights = loss_weights(cfg.setting, len(lab.labelled), len(p_rows), multimodal=cfg.prompt == "multimodal")
+    weights = (released_loss_weights(cfg.setting, cfg.strategy, len(lab.labelled), len(p_rows),
+                                     multimodal=cfg.prompt == "multimodal") if cfg.loss_balance == "released"
+               else loss_weights(cfg.setting, len(lab.labelled), len(p_rows), multimodal=cfg.prompt == "multimodal"))
     o = cfg.optim
     optim = OptimSettings(o.lr, o.momentum, o.weight_decay, o.batch_size, o.epochs, o.warmup_epochs)
     prompt, pool_logits, eval_logits, tensors, meta = _make_prompt(cfg, task, teacher, classnames, zero_shot,
                                                                    images, seed, device)
+    if cfg.rounds_init == "released" and t > 0:
+        _warm_start(cfg, prompt, folder.parent / f"round-{t - 1:02d}" / "prompt.safetensors")
     index = torch.from_numpy(rows).to(device)
     val_rows = torch.from_numpy(all_rows[is_held]).to(device)
     val_targets = torch.from_numpy(all_cls[is_held]).to(device)
     validate = ((lambda: (pool_logits(val_rows).argmax(1) == val_targets).float().mean().item())
                 if len(val_rows) else None)
-    stats = train_round(prompt, lambda r: pool_logits(index[r]), targets, is_labelled, weights, optim, seed,
-                        cfg.progress, f"{NAME} round {t}", validate=validate)
+    if len(rows):
+        stats = train_round(prompt, lambda r: pool_logits(index[r]), targets, is_labelled, weights, optim, seed,
+                            cfg.progress, f"{NAME} round {t}", validate=validate, loss_balance=cfg.loss_balance,
+                            keep_epoch=cfg.keep_epoch)
+    else:
+        log.warning("%s round %d: K=%d and no labels: nothing to train on, the round keeps its initial prompt",
+                    NAME, t, k)
+        stats = {"steps": 0, "last_epoch_loss": 0.0}
 
     def score(split: str, r: torch.Tensor) -> torch.Tensor:
         return (pool_logits(r.to(device)) if split == "pool" else eval_logits(r.to(device))).softmax(dim=-1)
@@ -335,10 +387,8 @@ def _one_round(cfg: Config, task: _Task, teacher: Teacher, classnames: list[str]
         atomic_save_npz(folder / "pseudolabels.npz", keys=task.pool.keys[all_rows], shards=task.pool.shards[all_rows],
                         pseudolabel=all_cls, labels=task.pool.labels[all_rows], held_out=is_held)
         if cfg.prompt == "textual":
-            np.save(folder / "classifier.npy", prompt.classifier().cpu().numpy().astype(np.float32))
-        with open(folder / "pool_probs.tmp.npy", "wb") as fh:
-            np.save(fh, new_probs)
-        (folder / "pool_probs.tmp.npy").replace(folder / "pool_probs.npy")
+            atomic_save_npy(folder / "classifier.npy", prompt.classifier().cpu().numpy().astype(np.float32))
+        atomic_save_npy(folder / "pool_probs.npy", new_probs)
         atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: round finished
     log.info("%s round %d: K=%d, %d pseudolabels (%d held out), test accuracy %s (%.1fs)", NAME, t, k,
              len(all_rows), int(is_held.sum()), metrics.get("accuracy"), metrics["seconds"])
@@ -347,6 +397,23 @@ def _one_round(cfg: Config, task: _Task, teacher: Teacher, classnames: list[str]
 
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _warm_start(cfg: Config, prompt: Any, previous: Path) -> None:
+    """``rounds_init=released``: start from the last round's learned vectors, as the released code does (its
+    prompt parameter shares storage with the initial tensor, so training updates the init in place):
+    textual ``ctx``; multimodal the input ``tokens`` only (the released UPT re-creates its projections and
+    transformer every round, fresh); visual prompts stay fresh (the released visual prefix is copied off
+    its init by ``Module.to`` on a GPU)."""
+    if cfg.prompt == "visual":
+        return
+    name = "ctx" if cfg.prompt == "textual" else "tokens"
+    tensors, _ = load_prompt(previous)
+    if name not in tensors or tensors[name].shape != getattr(prompt, name).shape:
+        raise ValueError(f"{previous} has no {name} of shape {tuple(getattr(prompt, name).shape)}: delete "
+                         f"{previous.parent.parent} to start afresh")
+    with torch.no_grad():
+        getattr(prompt, name).copy_(tensors[name])
 
 
 def _make_prompt(cfg: Config, task: _Task, teacher: Teacher, classnames: list[str], zero_shot: torch.Tensor,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from zmdist import dist
-from zmdist.atomic import clean_temp_files
+from zmdist.atomic import atomic_save_npy, clean_temp_files
 from zmdist.config import option, to_dict
 from zmdist.data.location import Location
 from zmdist.data.manifest import Manifest
@@ -54,6 +54,7 @@ from zmdist.stages.common import (
     shards_fingerprint,
     shards_spec,
 )
+from zmdist.stages.outdir import claim_output
 from zmdist.teacher import build_zeroshot_classifier, get_templates, prompt_names
 from zmdist.teacher.loading import load_recorded_teacher
 
@@ -104,6 +105,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
     info = dist.detect(cfg.task_index, cfg.num_tasks)
     dist.init_distributed(info)
     device = resolve_device(cfg.device, info)
+    claim_output(out, NAME, mark=info.is_main)
     run_files = open_embedding_run(cfg.embeddings, cfg.shards)
     emb_dir, emb_info, manifest = run_files.folder, run_files.info, run_files.manifest
     classnames = cfg.classnames or prompt_names(manifest.classes)
@@ -137,7 +139,7 @@ def run(cfg: Config, out: Path) -> dict[str, Any]:
             "seed": seed, "classnames": classnames, "templates": templates,
             "classifier": str(Path(cfg.classifier).resolve()) if cfg.classifier else "zero-shot",
         })
-        np.save(out / "classifier.npy", classifier.cpu().numpy())
+        atomic_save_npy(out / "classifier.npy", classifier.cpu().numpy())
     dist.barrier()
     with WorkerLock(out, info.task_index, info.rank, [j.name for j in mine], NAME):
         return _run_locked(cfg, out, info, manifest, all_jobs, mine, emb_dir, classifier, teacher, device,

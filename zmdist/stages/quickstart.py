@@ -34,6 +34,7 @@ from zmdist.demo.digits_pipeline import (
 from zmdist.demo.parts import PART_MODULES, PartContext, load_part
 from zmdist.demo.teacher_pretrain import pretrain_digit_teacher
 from zmdist.provenance import provenance, write_run_files
+from zmdist.stages.outdir import own_output
 
 NAME = "quickstart"
 HELP = "run the offline embedded default: synthetic-digit teacher -> real digits -> shard/embed/pseudolabel -> students"
@@ -67,8 +68,13 @@ class Config:
 
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
-    start = time.perf_counter()
     part_names = parts_to_run(cfg)  # an unknown part is refused before minutes of preparation
+    with own_output(out, NAME):  # the stages it runs each own their subfolder of `out`
+        return _run(cfg, out, part_names)
+
+
+def _run(cfg: Config, out: Path, part_names: list[str]) -> dict[str, Any]:
+    start = time.perf_counter()
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()

@@ -20,8 +20,9 @@ from zmdist.config import option, to_dict
 from zmdist.data.manifest import Manifest
 from zmdist.data.reader import iter_shard
 from zmdist.data.shards import write_shards
-from zmdist.data.sources import open_source
+from zmdist.data.sources import Source, open_source
 from zmdist.provenance import provenance, write_run_files
+from zmdist.stages.outdir import own_output
 
 NAME = "shard"
 HELP = "write a dataset as WebDataset tar shards with a manifest"
@@ -35,6 +36,8 @@ class Config:
                              "flowers102:ROOT, dtd:ROOT[#N], eurosat:ROOT, resisc45:ROOT")
     download: bool = option(False, "fetch a missing benchmark dataset (cifar10, cifar100, flowers102, dtd, eurosat) "
                                    "into ROOT with torchvision first (needs internet)")
+    split_file: str = option("", "flowers102/resisc45: the ELEVATER/FRAMED split lists instead of the dataset's own, "
+                                 "a path with {split}: /data/framed/Flowers102/{split}.txt, .../RESICS45/{split}.json")
     shard_size: int = option(1000, "samples per tar shard", min=1)
     image_format: Literal["png", "jpg"] = option("png", "how images are stored in the shards (png is lossless)")
     jpeg_quality: int = option(95, "JPEG quality when image_format=jpg", min=0, max=100, min_exclusive=True)
@@ -49,14 +52,20 @@ class Config:
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
     if cfg.verify:
-        return run_verify(cfg, Path(cfg.verify), out)
+        with own_output(out, NAME):
+            return run_verify(cfg, Path(cfg.verify), out)
     if not cfg.source:
         raise ValueError("source: give the dataset to shard (e.g. source=imagefolder:/data/pets), or --verify DIR")
     if not 0.0 <= cfg.test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {cfg.test_fraction}")
     if cfg.shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {cfg.shard_size}")
-    source = open_source(cfg.source, download=cfg.download)
+    source = open_source(cfg.source, download=cfg.download, split_file=cfg.split_file)
+    with own_output(out, NAME):
+        return _write(cfg, source, out)
+
+
+def _write(cfg: Config, source: Source, out: Path) -> dict[str, Any]:
     manifest = write_shards(
         source, out, shard_size=cfg.shard_size, image_format=cfg.image_format, jpeg_quality=cfg.jpeg_quality,
         seed=cfg.seed, test_fraction=cfg.test_fraction, overwrite=cfg.overwrite, progress=cfg.progress, max_pixels=cfg.max_pixels,

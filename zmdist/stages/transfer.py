@@ -11,7 +11,8 @@
   forgetting) -> one least-squares line per target with R^2, leave-one-out errors, ``fit.json`` and
   ``fit.png`` (scatter, line, prediction band).
 - ``predict``: ``fit.json`` + new tasks' scores (numbers, or ``transfer score`` output folders) ->
-  predicted targets with a ``level`` prediction interval (``predictions.csv``).
+  predicted targets with a ``level`` prediction interval (``predictions.csv``); a score more than 10% of the
+  fitted range outside it is flagged ``extrapolated`` (and warned about), a non-finite one refused.
 
 Options are flat and belong to one action each (listed per action in ``--help``); an option of another
 action is an error, so a misplaced ``--table`` on ``score`` is not silently ignored. ``score`` is one
@@ -28,17 +29,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
 from zmdist import dist
-from zmdist.atomic import atomic_write_text
+from zmdist.atomic import atomic_save_npy, atomic_write_text, clean_temp_dir
 from zmdist.config import ConfigError, option, to_dict
-from zmdist.methods.transfer import gbc_from_stats, h_score_from_stats, iimm_from_stats, logme_from_stats
+from zmdist.methods.transfer import (extrapolated, gbc_from_stats, h_score_from_stats, iimm_from_stats,
+                                     logme_from_stats)
 from zmdist.formats import open_embedding_run
-from zmdist.provenance import provenance, write_run_files
-from zmdist.stages.common import plan_shards, resolve_device, shards_fingerprint
+from zmdist.provenance import hash_file, hash_json, provenance, write_run_files
+from zmdist.stages.common import check_run_info, plan_shards, resolve_device, shards_fingerprint
+from zmdist.stages.outdir import own_output
 from zmdist.teacher import get_templates, prompt_names
 from zmdist.transfer.plots import fit_figure
 from zmdist.transfer.streaming import accumulate, all_reduce
@@ -50,6 +53,9 @@ HELP = "predict fine-tuning gain and forgetting: score (IIMM, H-score, LogME), f
 log = logging.getLogger("zmdist")
 
 BASELINES = {"h_score": h_score_from_stats, "logme": logme_from_stats, "gbc": gbc_from_stats}
+INFO_FILE = "transfer_info.json"
+# options naming inputs (compared by their content instead) or where the work runs
+_NOT_SETTINGS = {"embeddings", "shards", "table", "fit", "scores", "device"}
 
 
 @dataclass
@@ -113,7 +119,22 @@ def check_action_options(cfg: Config) -> None:
 
 def run(cfg: Config, out: Path) -> dict[str, Any]:
     check_action_options(cfg)
-    return {"score": run_score, "fit": run_fit, "predict": run_predict}[cfg.action](cfg, out)
+    with own_output(out, NAME, main=dist.detect(0, 1).is_main):
+        return {"score": run_score, "fit": run_fit, "predict": run_predict}[cfg.action](cfg, out)
+
+
+def check_rerun(cfg: Config, out: Path, inputs: dict[str, Any]) -> Callable[[], None]:
+    """Refuse a rerun into ``out`` with another action, other inputs (by content) or other settings, naming
+    what changed, before anything is replaced; return what records them in ``OUT/transfer_info.json``, called
+    once the results are written (a run that fails midway records nothing and leaves the folder reusable)."""
+    path = out / INFO_FILE
+    compared = {"action": cfg.action, **inputs,
+                **{k: getattr(cfg, k) for k in sorted(ACTION_OPTIONS[cfg.action] - _NOT_SETTINGS)}}
+    where = {k: str(getattr(cfg, k)) for k in sorted(ACTION_OPTIONS[cfg.action] & _NOT_SETTINGS)}
+    if path.is_file():
+        check_run_info(path, {"action": cfg.action}, "transfer results")  # another action: say that alone
+        check_run_info(path, compared, "transfer results", where)
+    return lambda: check_run_info(path, compared, "transfer results", where)
 
 
 def run_score(cfg: Config, out: Path) -> dict[str, Any]:
@@ -135,6 +156,13 @@ def run_score(cfg: Config, out: Path) -> dict[str, Any]:
         every = plan_shards(manifest, emb_info["splits"], out, info)[0]
         if shards_fingerprint(every, manifest.classes) != emb_info.get("shards_fingerprint"):
             raise ValueError(f"shards={cfg.shards} is not the shard set {emb_dir} was embedded from")
+    record: Callable[[], None] = lambda: None  # ranks other than 0 neither check nor record
+    if info.is_main:
+        record = check_rerun(cfg, out, {
+            "shards_fingerprint": emb_info.get("shards_fingerprint"),
+            "teacher_fingerprint": emb_info.get("teacher_fingerprint"),
+            "prompts_fingerprint": hash_json({"classnames": classnames, "templates": templates})})
+        clean_temp_dir(out)  # files a killed run left half-written
     text = class_text_embeddings(emb_info, classnames, templates, device, str(emb_dir))
     start = time.perf_counter()
     stats = accumulate([(j.name, j.count) for j in mine], emb_dir, len(classnames), text.shape[1],
@@ -154,8 +182,9 @@ def run_score(cfg: Config, out: Path) -> dict[str, Any]:
     }
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        np.save(out / "text_embeddings.npy", text.numpy())
+        atomic_save_npy(out / "text_embeddings.npy", text.numpy())
         write_run_files(out, to_dict(cfg), {**results, **provenance(classes=classnames, templates=templates)})
+        record()
         log.info("transfer score %s: %s", results["task"], ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     dist.barrier()
     return results
@@ -165,12 +194,14 @@ def run_fit(cfg: Config, out: Path) -> dict[str, Any]:
     """Lines of each target on the chosen score, their R^2 and leave-one-out errors, and the figure."""
     tasks, values = read_table(Path(cfg.table), cfg.task_column, [cfg.score_column, *cfg.targets])
     fit = fit_table(tasks, values, cfg.score_column, cfg.targets)
-    out.mkdir(parents=True, exist_ok=True)
+    record = check_rerun(cfg, out, {"table_sha256": hash_file(Path(cfg.table))})
+    clean_temp_dir(out)  # files a killed run left half-written
     fit_path = write_fit(out, fit, cfg.level)
     figure = fit_figure(fit, cfg.level, out / "fit.png")
     results = {"stage": NAME, "action": "fit", "score_column": cfg.score_column, "tasks": len(tasks),
                "fits": fit["fits"], "fit_file": str(fit_path), "figure": str(figure)}
     write_run_files(out, to_dict(cfg), {**results, **provenance()})
+    record()
     for target, line in fit["fits"].items():
         log.info("transfer fit: %s = %.4g * %s + %.4g, R^2 %.3f, LOO RMSE %.4g (%d tasks)", target, line["slope"],
                  cfg.score_column, line["intercept"], line["r2"], line["loo_rmse"], len(tasks))
@@ -178,28 +209,39 @@ def run_fit(cfg: Config, out: Path) -> dict[str, Any]:
 
 
 def run_predict(cfg: Config, out: Path) -> dict[str, Any]:
-    """Each new task's predicted targets with their prediction intervals (``predictions.csv``)."""
+    """Each new task's predicted targets with their prediction intervals (``predictions.csv``); a score more
+    than 10% of the fitted scores' range outside it is predicted but flagged ``extrapolated`` and warned about."""
     fit = load_fit(Path(cfg.fit))
     specs = [cfg.scores] if isinstance(cfg.scores, str) else cfg.scores
+    fitted_low, fitted_high = min(fit["scores"]), max(fit["scores"])
     predictions = []
     for spec in specs:
         name, score = score_of(spec, fit["score_column"])
-        row: dict[str, Any] = {"task": name, "score": score}
+        row: dict[str, Any] = {"task": name, "score": score, "extrapolated": extrapolated(score, fit["scores"])}
+        if row["extrapolated"]:
+            log.warning("transfer predict %s: %s %.4g lies outside the fitted tasks' range [%.4g, %.4g]: the line "
+                        "is extrapolated and its interval assumes it still holds there", name, fit["score_column"],
+                        score, fitted_low, fitted_high)
         for target in fit["fits"]:
             pred, low, high = line_of(fit, target).predict(score, cfg.level)
             row[target] = {"prediction": pred, "low": low, "high": high}
         predictions.append(row)
-    out.mkdir(parents=True, exist_ok=True)
+    record = check_rerun(cfg, out, {"fit_fingerprint": hash_json(fit),
+                                    "scores_read": [[row["task"], row["score"]] for row in predictions]})
+    clean_temp_dir(out)  # files a killed run left half-written
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["task", fit["score_column"], *[f"{t}_{k}" for t in fit["fits"] for k in ("prediction", "low", "high")]])
+    writer.writerow(["task", fit["score_column"], *[f"{t}_{k}" for t in fit["fits"] for k in ("prediction", "low", "high")],
+                     "extrapolated"])
     for row in predictions:
-        writer.writerow([row["task"], row["score"], *[row[t][k] for t in fit["fits"] for k in ("prediction", "low", "high")]])
+        writer.writerow([row["task"], row["score"], *[row[t][k] for t in fit["fits"] for k in ("prediction", "low", "high")],
+                         row["extrapolated"]])
     atomic_write_text(out / "predictions.csv", buffer.getvalue())
     figure = fit_figure(fit, cfg.level, out / "predictions.png", predictions)
     results = {"stage": NAME, "action": "predict", "score_column": fit["score_column"], "level": cfg.level,
                "predictions": predictions, "figure": str(figure)}
     write_run_files(out, to_dict(cfg), {**results, **provenance()})
+    record()
     for row in predictions:
         log.info("transfer predict %s (%s %.4f): %s", row["task"], fit["score_column"], row["score"],
                  ", ".join(f"{t} {row[t]['prediction']:.4g} [{row[t]['low']:.4g}, {row[t]['high']:.4g}]"

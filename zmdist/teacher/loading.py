@@ -1,10 +1,11 @@
 """Load any open_clip model by any name open_clip accepts, with the weights that name implies.
 
-Names are a registered model name with ``pretrained`` an open_clip tag or a local checkpoint file,
-``hf-hub:org/repo`` (config and weights from the Hugging Face hub or its cache), or ``local-dir:PATH``
-(a folder with ``open_clip_config.json`` and the weights). The same code path serves real weights on a
-user's cluster and the tiny configs shipped in ``zmdist/teacher/model_configs`` that tests and the
-embedded default use offline.
+Names are a registered model name with ``pretrained`` an open_clip tag, a local checkpoint file or
+``random`` (random weights, asked for by name: an empty ``pretrained`` is refused, see
+``check_teacher_weights``), ``hf-hub:org/repo`` (config and weights from the Hugging Face hub or its
+cache), or ``local-dir:PATH`` (a folder with ``open_clip_config.json`` and the weights). The same code
+path serves real weights on a user's cluster and the tiny configs shipped in ``zmdist/teacher/model_configs``
+that tests and the embedded default use offline.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any, Callable
 
 import torch
 
+from zmdist.config import ConfigError
+
+RANDOM_WEIGHTS = "random"  # teacher.pretrained asking for random weights on purpose (tests, benchmarks)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered: set[str] = set()
 
@@ -74,7 +78,8 @@ def load_teacher(
     ``name`` is a registered open_clip model name, ``hf-hub:org/repo`` or ``local-dir:PATH`` (those two
     bring their own weights, so ``pretrained`` must be empty). For a registered name, ``pretrained`` is an
     open_clip tag (downloads on a machine with hub access), a path to a local checkpoint (``.pt``/``.bin``
-    loaded with ``weights_only=True`` by open_clip, or ``.safetensors``), or None for random weights.
+    loaded with ``weights_only=True`` by open_clip, or ``.safetensors``), or ``"random"`` for random weights
+    (None/empty is refused by ``check_teacher_weights``).
     ``model_config`` is an extra JSON file or folder of configs to register first, for models open_clip does
     not ship. ``cache_dir`` is where open_clip downloads and looks up tags and hub repos (None: the hub's
     default, ``HF_HUB_CACHE``). Random weights are drawn from ``seed`` (torch's global RNG is seeded right
@@ -91,6 +96,7 @@ def load_teacher(
     name = _canonical_name(name)
     if _schema(name) is None:
         _check_registered(name, pretrained)
+        check_teacher_weights(name, pretrained)
     elif pretrained:
         raise ValueError(f"teacher.pretrained={pretrained!r} is set, but teacher.model={name} brings its own "
                          "weights: leave teacher.pretrained empty")
@@ -99,11 +105,34 @@ def load_teacher(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # random weights (and anything a checkpoint leaves unset) follow the seed
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained or None, device=device, cache_dir=cache_dir
+            name, pretrained=None if pretrained == RANDOM_WEIGHTS else pretrained or None, device=device,
+            cache_dir=cache_dir,
         )
     model.eval()
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     return Teacher(name=name, pretrained=pretrained, model=model, preprocess=preprocess, tokenizer=tokenizer)
+
+
+def check_teacher_weights(model: str, pretrained: str | None, prefix: str = "teacher.") -> None:
+    """Refuse an empty ``pretrained`` for a registered model name. open_clip would build the model with
+    random weights and say so in one warning line, and every pseudolabel would then be at chance: random
+    weights must be asked for by name (``random``). ``hf-hub:``/``local-dir:`` models bring their own weights.
+    Cheap (no model is built), so a stage calls it before it creates its output folder; ``prefix`` is where
+    the options live (``teachers.NAME.`` in a bench sweep)."""
+    import open_clip
+
+    if pretrained or _schema(model) is not None:
+        return
+    name = _canonical_name(model)
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    weights = (f"an open_clip tag (e.g. {', '.join(tags[:2])}; all of them: `python -c 'import open_clip; "
+               f"print(open_clip.list_pretrained_tags_by_model(\"{name}\"))'`) or a checkpoint file" if tags
+               else f"a checkpoint file (open_clip has no tags for {name})")
+    raise ConfigError(
+        f"{prefix}pretrained is empty, so {prefix}model={name} would have random weights and chance-level "
+        f"pseudolabels: set {prefix}pretrained to {weights}, or use "
+        f"{prefix}model=hf-hub:ORG/REPO or local-dir:PATH; {prefix}pretrained={RANDOM_WEIGHTS} asks for random "
+        "weights on purpose (tests, benchmarks)")
 
 
 def _schema(name: str) -> str | None:
@@ -139,15 +168,16 @@ def _check_registered(name: str, pretrained: str | None) -> None:
     if not Path(pretrained).is_file():
         raise FileNotFoundError(
             f"teacher.pretrained: checkpoint {pretrained} does not exist "
-            "(give an open_clip tag, a local checkpoint file, or leave it empty for random weights)"
+            f"(give an open_clip tag, a local checkpoint file, or {RANDOM_WEIGHTS} for random weights)"
         )
     check_checkpoint_architecture(name, Path(pretrained))
 
 
 def is_checkpoint_path(pretrained: str | None) -> bool:
-    """Whether ``pretrained`` names a local checkpoint file rather than an open_clip tag."""
-    return bool(pretrained) and ("/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
-                                 or Path(pretrained).is_file())
+    """Whether ``pretrained`` names a local checkpoint file rather than an open_clip tag or ``random`` (which
+    wins over a file of that name in the working folder; write ``./random`` for that)."""
+    return bool(pretrained) and pretrained != RANDOM_WEIGHTS and (
+        "/" in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(pretrained).is_file())
 
 
 def teacher_files(name: str, cache_dir: str | None = None) -> tuple[Path, Path] | None:
@@ -207,7 +237,8 @@ def teacher_fingerprint(name: str, pretrained: str | None, seed: int = 0, *,
     """What makes the teacher's outputs what they are, independent of where files live: the model's
     architecture and its weights. For a registered name: a hash of open_clip's config (so a custom
     ``model_config`` counts) and the sha256 of the checkpoint's bytes for a local file (a moved file
-    matches, an overwritten one does not), the tag for an open_clip tag, the seed for random weights. For
+    matches, an overwritten one does not), the tag for an open_clip tag, the seed for random weights
+    (``random``, or empty as runs made before ``random`` existed recorded it: the same fingerprint). For
     ``hf-hub:``/``local-dir:``: a hash of the ``open_clip_config.json`` content (model and preprocessing)
     and the sha256 of the weights file open_clip loads, so the same files match whichever hub revision or
     folder path they came from (a moved folder resumes; a README-only hub commit does not refuse). Call after
@@ -227,7 +258,7 @@ def teacher_fingerprint(name: str, pretrained: str | None, seed: int = 0, *,
     arch = hash_strings([json.dumps(config, sort_keys=True, default=str)]) if config is not None else "unknown"
     if is_checkpoint_path(pretrained):
         weights = f"file sha256:{hash_file(Path(pretrained))}"
-    elif pretrained:
+    elif pretrained and pretrained != RANDOM_WEIGHTS:
         weights = f"open_clip tag {pretrained}"
     else:
         weights = f"random, seed {seed}"
@@ -296,9 +327,11 @@ def load_recorded_teacher(embed_info: dict[str, Any], where: object, device: tor
     """The teacher ``embed_info.json`` records (random weights from its recorded seed, or its checkpoint),
     and its fingerprint; refused if that differs from the one that embedded the images in ``where``, because
     its text tower would then not match those image embeddings. ``check=False`` skips the fingerprint (a
-    sha256 of the weights file: one rank hashing it is enough) and returns None for it."""
+    sha256 of the weights file: one rank hashing it is enough) and returns None for it. A registered model
+    recorded with an empty ``pretrained`` (by runs made before ``random`` had to be asked for) is random."""
     spec, seed = embed_info["teacher"], int(embed_info.get("seed", 0))
-    pretrained, cache_dir = spec["pretrained"] or None, spec.get("cache_dir") or None
+    pretrained = spec["pretrained"] or (None if _schema(spec["model"]) else RANDOM_WEIGHTS)
+    cache_dir = spec.get("cache_dir") or None
     teacher = load_teacher(spec["model"], pretrained, device=device, seed=seed,
                            model_config=spec.get("model_config") or None, cache_dir=cache_dir)
     if not check:

@@ -2,7 +2,7 @@
 
 What the views follow (USB = the repository ``microsoft/Semi-supervised-learning``, files
 ``semilearn/datasets/augmentation/randaugment.py`` and ``semilearn/datasets/cv_datasets/*.py``; ZeroMatch's
-code, a USB fork, uses the same transforms; see ``../shared/notes/METHODS.md`` section 1):
+code, a USB fork, uses the same transforms; see ``docs/methods.md`` section 1):
 
 - weak, ``img_size < 96`` (USB's CIFAR/SVHN/STL transform): resize to ``img_size`` (bicubic), random crop
   with reflect padding ``img_size // 8`` (USB: ``int(img_size * (1 - crop_ratio))``, crop_ratio 0.875),
@@ -25,9 +25,19 @@ code, a USB fork, uses the same transforms; see ``../shared/notes/METHODS.md`` s
 
   ``strong="torchvision"``: the weak view then ``torchvision.transforms.RandAugment(randaugment_ops,
   randaugment_magnitude)`` (torchvision's meaning of both; they are unused by ``"usb"``).
-- eval: resize to ``img_size`` (bicubic) only (USB's large-image eval also centre-crops; not done here).
+- eval, ``img_size < 96`` (USB's CIFAR eval): resize to ``img_size`` (bicubic) only.
+- eval, ``img_size >= 96`` (USB's ImageNet/Food101/iNat eval, ZeroMatch's Flowers102/RESISC45/DTD one:
+  USB semilearn/datasets/cv_datasets/imagenet.py:76-78 at commit 1ef4cbebcc0b368158315aeb425053858cf6c845,
+  ZeroMatch train_zeromatch/semilearn/datasets/cv_datasets/framed.py:70-72 at commit
+  8ca40799e79e6ac649d85e507b026c5ca391b397): resize the SHORTER side to ``floor(img_size / 0.875)``
+  (bilinear, aspect kept; the weak view squashes to a square, as USB's), then centre crop ``img_size``.
+  The weak view trains on ``img_size`` crops of images resized to ``img_size / 0.875``, so this shows
+  evaluated objects at the scale they were trained at (a plain resize to ``img_size`` would show them
+  0.875x smaller), and it is how the papers' figures were measured.
 
-All views end with ``ToTensor`` and ``Normalize(mean=std=(0.5, 0.5, 0.5))``.
+All views end with ``ToTensor`` and ``Normalize(mean, std)``: by default ``(0.5, 0.5, 0.5)`` for both (USB's
+CIFAR normalisation, [-1, 1]); a pretrained student normalises as its backbone was trained
+(``zmdist.models.student_init`` resolves the pair).
 
 Randomness comes ONLY from torch's CPU default generator (``torch.rand``/``torch.randint``; torchvision's
 transforms draw from it too): the trainer reseeds that generator per sample and view
@@ -54,7 +64,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torchvision.transforms as T
@@ -218,7 +228,8 @@ class USBRandAugment:
 
 @dataclass(frozen=True)
 class Views:
-    """The three views of an image, each PIL image -> float tensor CxHxW normalised to [-1, 1]."""
+    """The three views of an image, each PIL image -> float tensor CxHxW normalised by ``make_views``'s
+    mean and std ([-1, 1] for the default 0.5/0.5)."""
 
     weak: Callable[[Image.Image], torch.Tensor]
     strong: Callable[[Image.Image], torch.Tensor]
@@ -231,14 +242,16 @@ def _large_resize(img_size: int) -> T.Resize:
 
 
 def make_views(img_size: int, hflip: bool, strong: Literal["usb", "torchvision"] = "usb",
-               randaugment_ops: int = 3, randaugment_magnitude: int = 10) -> Views:
+               randaugment_ops: int = 3, randaugment_magnitude: int = 10,
+               mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> Views:
     """The weak, strong and eval views (see the module docstring and ``describe_views``).
 
     ``randaugment_ops``/``randaugment_magnitude`` are torchvision's RandAugment arguments, used only by
-    ``strong="torchvision"``; ``"usb"`` always draws USB's 3 ops at strengths over their full ranges."""
+    ``strong="torchvision"``; ``"usb"`` always draws USB's 3 ops at strengths over their full ranges.
+    ``mean``/``std`` (one value per RGB channel) are every view's final ``Normalize``."""
     if strong not in ("usb", "torchvision"):
         raise ValueError(f"strong augmentation must be 'usb' or 'torchvision', not {strong!r}")
-    finish = [T.ToTensor(), T.Normalize(MEAN, STD)]
+    finish = [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     resize = T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC)
     flip = [T.RandomHorizontalFlip()] if hflip else []
     if img_size < LARGE_IMAGE:
@@ -253,11 +266,15 @@ def make_views(img_size: int, hflip: bool, strong: Literal["usb", "torchvision"]
         strong_ops = [*strong_base, USBRandAugment(USB_N_OPS)]
     else:
         strong_ops = [*weak, T.RandAugment(randaugment_ops, randaugment_magnitude)]
-    return Views(T.Compose(weak + finish), T.Compose(strong_ops + finish), T.Compose([resize, *finish]))
+    evaluation = [resize] if img_size < LARGE_IMAGE else [
+        T.Resize(int(math.floor(img_size / CROP_RATIO)), interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(img_size)]
+    return Views(T.Compose(weak + finish), T.Compose(strong_ops + finish), T.Compose(evaluation + finish))
 
 
 def describe_views(img_size: int, hflip: bool, strong: Literal["usb", "torchvision"] = "usb",
-                   randaugment_ops: int = 3, randaugment_magnitude: int = 10) -> str:
+                   randaugment_ops: int = 3, randaugment_magnitude: int = 10,
+                   mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> str:
     """One line each for weak, strong and eval, as ``make_views`` builds them (for logs and the README)."""
     flip = ", random horizontal flip" if hflip else ""
     big = int(math.floor(img_size / CROP_RATIO))
@@ -275,6 +292,14 @@ def describe_views(img_size: int, hflip: bool, strong: Literal["usb", "torchvisi
     else:
         strong_line = f"the weak view, then torchvision RandAugment(num_ops={randaugment_ops}, " \
                       f"magnitude={randaugment_magnitude})"
+    evaluation = (f"resize to {img_size} (bicubic)" if img_size < LARGE_IMAGE
+                  else f"resize the shorter side to {big} (bilinear), centre crop {img_size}")
     return "\n".join([f"weak:   {weak}", f"strong: {strong_line}",
-                      f"eval:   resize to {img_size} (bicubic); every view ends with ToTensor, "
-                      "Normalize(mean=std=0.5)"])
+                      f"eval:   {evaluation}; every view ends with ToTensor, {_describe_normalize(mean, std)}"])
+
+
+def _describe_normalize(mean: Sequence[float], std: Sequence[float]) -> str:
+    values = lambda v: ", ".join(f"{x:g}" for x in v)  # noqa: E731
+    if len(set(mean)) == len(set(std)) == 1 and mean[0] == std[0]:
+        return f"Normalize(mean=std={mean[0]:g})"
+    return f"Normalize(mean=({values(mean)}), std=({values(std)}))"

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from zmdist.atomic import atomic_write_text
+from zmdist.atomic import atomic_write_text, clean_temp_dir
 
 LATEST = "latest"
 PARTIAL = ".partial-"
@@ -51,12 +51,13 @@ def publish(out: Path, partial: Path, folder: Path, keep: int) -> None:
 
 
 def clean_leftovers(out: Path) -> int:
-    """Remove partial or swapped-out folders a killed run left (never resume candidates); return how many."""
+    """Remove partial or swapped-out folders (never resume candidates) and the temp file of a ``latest``
+    being replaced that a killed run left; return how many."""
     root = out / "checkpoints"
     stale = [p for p in root.glob(".partial-step-*")] + [p for p in root.glob(".old-step-*")] if root.is_dir() else []
     for folder in stale:
         shutil.rmtree(folder, ignore_errors=True)
-    return len(stale)
+    return len(stale) + clean_temp_dir(root)
 
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Literal, NamedTuple, Protocol
 import torch
 
 ReduceMean = Callable[[torch.Tensor], torch.Tensor]
-Selection = Literal["top1", "holdout_agreement"]
+Selection = Literal["top1", "holdout_agreement", "train_sample_agreement"]
 
 
 class Interrupted(RuntimeError):
@@ -96,10 +96,13 @@ class Algorithm(Protocol):
 class Phase:
     """One training run of a method. ``name`` is its sub-folder of OUT ("" = OUT itself); ``selection`` is
     how ``best.safetensors`` is chosen: ``top1`` on the eval split (USB's convention: it looks at test
-    labels, so the headline figure is the final model's) or ``holdout_agreement``: agreement with the
-    teacher's pseudolabels on a seeded hold-out slice of the training split (no test image, no label).
+    labels, so the headline figure is the final model's), ``holdout_agreement``: agreement with the
+    teacher's pseudolabels on a seeded hold-out slice of the training split that the phase does not train
+    on, or ``train_sample_agreement``: the same agreement on a seeded sample of the training images the
+    phase DOES train on (a measure of fit; no test image and no label in either).
     ``init_from`` names an earlier phase whose best weights start this one; ``dual_head`` adds ZeroMatch's
-    auxiliary head."""
+    auxiliary head. ``early_stop`` ends the phase once the selection metric reaches it (``early_stop_strict``:
+    once it exceeds it). ``warmup_steps`` / ``eval_every`` replace the run's for this phase (None: the run's)."""
 
     name: str
     algorithm: Algorithm
@@ -108,3 +111,6 @@ class Phase:
     init_from: str | None = None
     dual_head: bool = False
     early_stop: float | None = None
+    early_stop_strict: bool = False
+    warmup_steps: int | None = None
+    eval_every: int | None = None

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from zmdist.data.labels_csv import HumanLabels
 from zmdist.data.manifest import Manifest, keys_digest
 from zmdist.data.reader import ShardDataset, iter_shard, make_loader, shard_keys
 from zmdist.formats import PseudolabelShard, PseudolabelStore
@@ -153,6 +154,29 @@ def split_holdout(counts: list[int], fraction: float, seed: int) -> Holdout:
     return Holdout(keep, hold)
 
 
+def train_sample_size(total: int) -> int:
+    """How many of a training split's ``total`` images the released ZeroMatch code evaluates stage 0 on:
+    all up to 9,000, then ``int(0.2 * total)``, above 90,000 ``int(0.1 * total)`` (jichan3751/zeromatch
+    @8ca4079, train_zeromatch/semilearn/datasets/cv_datasets/cifar.py:152-163; framed.py:140-151 the same).
+    A sample keeps the periodic evaluation cheap on large splits; it only has to measure the fit."""
+    if total > 90_000:
+        return int(total * 0.1)
+    if total > 9_000:
+        return int(total * 0.2)
+    return total
+
+
+def split_train_sample(counts: list[int], seed: int) -> list[np.ndarray]:
+    """Per shard, the tar positions of the training images a ``train_sample`` stage 0 is selected on:
+    ``train_sample_size`` of them, drawn once with ``seed``, uniformly without replacement, as the released
+    code does (``np.random.choice(n, size, replace=False)`` under ``args.seed``). Unlike ``split_holdout``
+    nothing is removed from training: the phase trains on these images too."""
+    total = sum(counts)
+    chosen = np.zeros(total, dtype=bool)
+    chosen[np.random.default_rng([seed, 0x5A3E]).choice(total, train_sample_size(total), replace=False)] = True
+    return [np.flatnonzero(flags) for flags in np.split(chosen, np.cumsum(counts)[:-1])]
+
+
 def select_labelled(store: PseudolabelStore | None, manifest: Manifest, split: str, labels_per_class: int,
                     seed: int, keys_file: str = "") -> list[str]:
     """The labelled subset: a key list file (e.g. from ``zmdist select``), or ``labels_per_class`` keys
@@ -189,10 +213,12 @@ def select_labelled(store: PseudolabelStore | None, manifest: Manifest, split: s
 class LabelledSet:
     """The (small) labelled subset held in memory; batches drawn per (seed, step, rank) with replacement.
 
-    Keys are located from the tar headers; only those members are read and decoded."""
+    Keys are located from the tar headers; only those members are read and decoded. Labels are the shards'
+    unless ``labels`` (human labels, ``train labels=FILE``) gives them: then they are the file's, whatever
+    the shards say or whether they say anything, and a key the split lacks is named by its line."""
 
     def __init__(self, manifest: Manifest, split: str, keys: list[str], views: Views, seed: int,
-                 store: PseudolabelStore | None = None):
+                 store: PseudolabelStore | None = None, labels: HumanLabels | None = None):
         wanted = set(keys)
         self.images: list[Image.Image] = []
         self.labels: list[int] = []
@@ -200,12 +226,16 @@ class LabelledSet:
         self.pseudolabels: list[int] = []
         for shard, path in zip(manifest.split(split).shards, manifest.shard_paths(split)):
             for s in iter_shard(path, keys=wanted, expected=shard.count):
-                if s["label"] < 0:
-                    raise ValueError(f"labelled key {s['key']!r} (shard {shard.name}) has no label in the shards")
+                label = labels[s["key"]] if labels is not None else s["label"]
+                if label < 0:
+                    raise ValueError(f"labelled key {s['key']!r} (shard {shard.name}) has no label in the shards: "
+                                     "give its label with labels=FILE (key,label)")
                 self.images.append(s["image"])
-                self.labels.append(s["label"])
+                self.labels.append(label)
                 self.keys.append(s["key"])
                 self.pseudolabels.append(store.lookup(shard.name, s["key"])[0] if store is not None else -1)
+        if labels is not None:
+            labels.require_known(set(self.keys), f"split {split!r} of the shards")
         missing = wanted - set(self.keys)
         if missing:
             raise ValueError(f"{len(missing)} labelled keys are not in split {split!r}, e.g. {sorted(missing)[:3]}")

@@ -15,12 +15,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import torch
-from safetensors.torch import save_file
 
-from zmdist.atomic import atomic_path
+from zmdist.atomic import atomic_safetensors, atomic_torch_save, clean_temp_dir
 from zmdist.backends.base import Backend
 from zmdist.progress import Progress
 from zmdist.train.checkpoint import (
@@ -35,7 +34,8 @@ from zmdist.train.checkpoint import (
 from zmdist.train.contract import Algorithm, Batch, Interrupted
 from zmdist.train.evaluation import Evaluator
 from zmdist.train.run_log import RunLog, WandbRun
-from zmdist.train.schedule import warmup_cosine
+from zmdist.train.param_groups import param_groups
+from zmdist.train.schedule import SCHEDULES
 from zmdist.train.signals import SignalGuard
 
 log = logging.getLogger("zmdist")
@@ -53,8 +53,11 @@ class EngineConfig:
     log_every: int
     checkpoint_every: int
     keep_checkpoints: int
-    select_metric: str  # "top1" (ground truth) or "pseudolabel_agreement" (ZeroMatch stage 0, on a hold-out)
+    select_metric: str  # "top1" (ground truth) or "pseudolabel_agreement" (ZeroMatch stage 0, on train images)
     early_stop: float | None = None  # stop once the select metric reaches this
+    early_stop_strict: bool = False  # ... only once it exceeds it (the released ZeroMatch code's check)
+    layer_decay: float = 1.0  # ViT students: lr x layer_decay^(top - layer) (zmdist.train.param_groups)
+    schedule: Literal["cosine", "usb"] = "cosine"  # zmdist.train.schedule.SCHEDULES
     progress: bool = True
     wandb: WandbRun | None = None  # also log to Weights & Biases (main rank)
 
@@ -100,9 +103,9 @@ class Engine:
         self.batch_sizes: set[tuple[int, int]] = set()  # (labelled, unlabelled) per step on this rank
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        no_decay = [p for p in model.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        """The optimizer over ``param_groups`` (each group's lr is its scale x the peak lr; the backend's
+        scheduler multiplies them all by the schedule)."""
+        groups = param_groups(model, self.cfg.lr, self.cfg.weight_decay, self.cfg.layer_decay)
         if self.cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True)
         return torch.optim.AdamW(groups, lr=self.cfg.lr)
@@ -143,7 +146,7 @@ class Engine:
         self.backend.barrier()
         self.backend.save(partial)
         if self.backend.is_main:
-            torch.save({"torch": torch.random.get_rng_state()}, partial / "rng.pt")
+            atomic_torch_save(partial / "rng.pt", {"torch": torch.random.get_rng_state()})
             write_state(partial, {**self.pos.__dict__, "algorithm": self.algorithm.state_dict()})
         self.backend.barrier()
         if self.backend.is_main:
@@ -178,8 +181,7 @@ class Engine:
         """Complete weights (gathered by the backend, whatever the sharding) as ``OUT/name``."""
         state = self.backend.full_state_dict()
         if self.backend.is_main:
-            with atomic_path(self.out / name) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+            atomic_safetensors(self.out / name, state)
 
     # ---- evaluation and selection ------------------------------------------------------------
     def _evaluate_and_select(self, step: int, run_log: RunLog) -> None:
@@ -191,17 +193,19 @@ class Engine:
         entry = {k: metrics.get(k) for k in ("top1", "class_weighted_accuracy", "pseudolabel_agreement") if k in metrics}
         self.pos.history.append({"step": step, **entry})
         run_log.eval(step, entry)
-        if self.cfg.early_stop is not None and score is not None and score >= self.cfg.early_stop:
-            log.info("%s %.4f >= early_stop %.4f at step %d: stopping", self.cfg.select_metric, score,
-                     self.cfg.early_stop, step)
+        stop = self.cfg.early_stop
+        if stop is not None and score is not None and (score > stop if self.cfg.early_stop_strict else score >= stop):
+            log.info("%s %.4f %s early_stop %.4f at step %d: stopping", self.cfg.select_metric, score,
+                     ">" if self.cfg.early_stop_strict else ">=", stop, step)
             self.pos.finished = True
 
     # ---- the loop ----------------------------------------------------------------------------
     def fit(self, resume: bool) -> dict[str, Any]:
         cfg, backend = self.cfg, self.backend
-        backend.setup(self._model, self._optimizer(self._model), warmup_cosine(cfg.warmup_steps, cfg.steps))
-        if backend.is_main and clean_leftovers(self.out):
-            log.warning("removed a partial checkpoint left by a killed run in %s", self.out / "checkpoints")
+        schedule = SCHEDULES[cfg.schedule](cfg.warmup_steps, cfg.steps)
+        backend.setup(self._model, self._optimizer(self._model), schedule)
+        if backend.is_main and clean_leftovers(self.out) + clean_temp_dir(self.out):
+            log.warning("removed a partial checkpoint or files half-written by a killed run in %s", self.out)
         backend.barrier()
         resumed = resume and self._resume()
         already_done = self.pos.finished or self.pos.step >= cfg.steps

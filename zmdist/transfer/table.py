@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zmdist.atomic import atomic_write_text
+from zmdist.jsonfile import read_json
 from zmdist.methods.transfer import LineFit, fit_line
 
 FIT_FILE = "fit.json"
@@ -25,16 +26,20 @@ def read_table(path: Path, task_column: str, columns: list[str]) -> tuple[list[s
     if not path.is_file():
         raise FileNotFoundError(f"table={path}: no such file (a CSV with a header row: {task_column}, "
                                 f"{', '.join(columns)})")
-    with open(path, newline="", encoding="utf-8") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Excel's) is not a name
         reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
+        try:
+            header = reader.fieldnames or []
+            rows = list(reader)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"table={path} is not UTF-8 text ({err}); save it as CSV UTF-8") from None
         missing = [c for c in [task_column, *columns] if c not in header]
         if missing:
             raise ValueError(f"{path}: no column {missing} (the header has {header}); choose the score with "
                              "score_column= and the targets with targets=[...]")
         tasks: list[str] = []
         values: dict[str, list[float]] = {c: [] for c in columns}
-        for row_number, row in enumerate(reader, start=2):
+        for row_number, row in enumerate(rows, start=2):
             tasks.append(row[task_column])
             for column in columns:
                 try:
@@ -77,9 +82,9 @@ def load_fit(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"fit={path}: no such file; run `zmdist transfer fit --table FILE.csv --out DIR` "
                                 f"first and pass DIR/{FIT_FILE}")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("fits"), dict) or "score_column" not in data:
-        raise ValueError(f"{path} is not a `zmdist transfer fit` result (no 'fits' / 'score_column')")
+    data = read_json(path, "rerun `zmdist transfer fit --table FILE.csv --out DIR` to rebuild it")
+    if not isinstance(data.get("fits"), dict) or "score_column" not in data or not data.get("scores"):
+        raise ValueError(f"{path} is not a `zmdist transfer fit` result (no 'fits' / 'score_column' / 'scores')")
     return data
 
 
@@ -91,17 +96,25 @@ def score_of(spec: str, score_column: str) -> tuple[str, float]:
     """(name, score) of one ``predict`` input: a number, or a ``zmdist transfer score`` output (its folder or
     summary.json), whose ``score_column`` entry is read."""
     try:
-        return spec, float(spec)
+        score = float(spec)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(score):
+            raise ValueError(f"scores: {spec!r} is not a finite number; give each new task's {score_column} score")
+        return spec, score
     path = Path(spec)
     summary = path / "summary.json" if path.is_dir() else path
     if not summary.is_file():
         raise FileNotFoundError(f"scores: {spec!r} is neither a number nor a `zmdist transfer score` output "
                                 f"folder / summary.json")
-    data = json.loads(summary.read_text())
+    data = read_json(summary, "rerun `zmdist transfer score` into that folder to rebuild it")
     if score_column not in data.get("scores", {}):
         raise ValueError(f"scores: {summary} has no score {score_column!r} (it has {sorted(data.get('scores', {}))}); "
                          "the fit was made on that column")
-    name = data.get("task") or (path.name if path.is_dir() else path.parent.name)
-    return str(name), float(data["scores"][score_column])
+    name = str(data.get("task") or (path.name if path.is_dir() else path.parent.name))
+    score = data["scores"][score_column]
+    if not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise ValueError(f"scores: task {name!r} has {score_column} {score!r} in {summary}, not a finite number: its "
+                         "embeddings gave no score; check them and rerun `zmdist transfer score`")
+    return name, float(score)
