@@ -243,6 +243,10 @@ def test_submit_refuses_bad_input_before_submitting(tmp_path):
     assert not (tmp_path / "e").exists()
     assert zmdist("submit", "--cluster", "local", "--nodes", "2", "embed", "--shards", "S", "--out",
                   str(tmp_path)).returncode == 2
+    train_array = zmdist("submit", "--cluster", "local", "--array", "4", "train", "--out", str(tmp_path / "t"),
+                         "shards=S")  # four identical trainings into one folder: refused, nothing submitted
+    assert train_array.returncode == 2 and "does not split its work between array tasks" in train_array.stderr
+    assert not (tmp_path / "t").exists()
     helps = zmdist("submit", "--help")
     assert helps.returncode == 0 and "--tasks-per-node" in helps.stdout and "--slurm-KEY" in helps.stdout
     assert "zmdist submit" in zmdist("--help").stdout
@@ -339,3 +343,13 @@ def test_local_failing_task_reports_the_remote_traceback(tmp_path):
     assert "no manifest.json" in proc.stderr and "embed.py" in proc.stderr
     assert "_log.err" in proc.stderr  # where the logs are
     assert jobs_db.load(tmp_path / "job")[0]["state"] == "FAILED"
+
+
+def test_sbatch_examples_write_their_logs_where_sbatch_runs():
+    """SLURM opens --output/--error before the script runs and creates no folder: a log path inside a
+    folder (``logs/%x.out``) that does not exist kills the job without a log. Kills: the examples' old
+    ``logs/`` prefix."""
+    for script in sorted((ROOT / "slurm").glob("*.sbatch")):
+        for line in script.read_text().splitlines():
+            if line.startswith(("#SBATCH --output=", "#SBATCH --error=")):
+                assert "/" not in line.split("=", 1)[1], f"{script.name}: {line}"

@@ -182,6 +182,12 @@ def submit(options: dict[str, Any], stage: str, stage_argv: list[str]) -> int:
         raise SubmitError("--array needs N >= 1")
     if array and (int(options["nodes"]) > 1 or int(options["tasks_per_node"]) > 1):
         raise SubmitError("--array runs one process per task: leave --nodes/--tasks-per-node at 1")
+    if array and not hasattr(cfg, "num_tasks"):
+        # tasks of an array split a stage's work only where the stage takes task_index/num_tasks; for any
+        # other stage N tasks would run N identical copies into one --out folder
+        raise SubmitError(f"--array {array}: `zmdist {stage}` does not split its work between array tasks (the "
+                          "stages that do: embed, pseudolabel, predict, al-sim); submit it as one job, with "
+                          "--nodes/--tasks-per-node for a distributed run")
     from zmdist.stages.common import TeacherConfig  # torch: not at import (`zmdist submit --status` stays quick)
     from zmdist.teacher.loading import check_teacher_weights
 
