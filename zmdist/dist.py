@@ -56,6 +56,12 @@ class DistInfo:
 def detect(task_index: int | None = None, num_tasks: int | None = None) -> DistInfo:
     """Read rank/world from the environment; explicit ``task_index``/``num_tasks`` win over the env."""
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    if world > 1 and not os.environ.get("WORLD_SIZE") and "SLURM_STEP_ID" not in os.environ:
+        # SLURM_NTASKS is the job's task count, also seen by the batch script itself (which has no step id):
+        # one process there would wait forever for the other ranks of a process group nobody started
+        raise ValueError(f"SLURM_NTASKS={world} but this process was not started by srun (no SLURM_STEP_ID): "
+                         "start one process per task with `srun zmdist ...`, use `zmdist submit`, or run a single "
+                         "process with --ntasks=1")
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
     if task_index is None:
