@@ -8,7 +8,7 @@ images form the unlabelled pool and pseudolabels are drawn among the unseen clas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -106,14 +106,8 @@ def make_labelling(labels: np.ndarray, n_classes: int, setting: Literal["ssl", "
         return _released_ssl_labelling(labels, rows, everyone, labels_per_class)
     if setting == "ssl":
         rng = np.random.default_rng(seed)
-        picked = []
-        for c in everyone:
-            have = rows[labels == c]
-            if len(have) < labels_per_class:
-                raise ValueError(f"setting=ssl: class {c} has {len(have)} labelled images in the pool, fewer than "
-                                 f"labels_per_class={labels_per_class}")
-            picked.append(rng.choice(have, size=labels_per_class, replace=False))
-        labelled = np.sort(np.concatenate(picked)) if picked else rows[:0]
+        picked = _per_class_draw(labels, rows, everyone, labels_per_class, lambda: rng)
+        labelled = np.sort(picked)
         return Labelling(labelled, np.setdiff1d(rows, labelled), everyone, everyone)
     seen_classes = choose_seen_classes(n_classes, seen, seen_fraction, seed)
     is_seen = np.isin(labels, seen_classes)
@@ -121,16 +115,24 @@ def make_labelling(labels: np.ndarray, n_classes: int, setting: Literal["ssl", "
     return Labelling(rows[is_seen], rows[~is_seen], unseen, seen_classes)
 
 
+def _per_class_draw(labels: np.ndarray, rows: np.ndarray, classes: list[int], per_class: int,
+                    generator: Callable[[], Any]) -> np.ndarray:
+    """``per_class`` rows of each class, drawn without replacement by ``generator()`` (called once per class:
+    one shared generator for the seeded draw, a fresh seed-0 one per class for the released draw), in class
+    order; a class with fewer images is an error naming it."""
+    picked = []
+    for c in classes:
+        have = rows[labels == c]
+        if len(have) < per_class:
+            raise ValueError(f"setting=ssl: class {c} has {len(have)} labelled images in the pool, fewer than "
+                             f"labels_per_class={per_class}")
+        picked.append(generator().choice(have, size=per_class, replace=False))
+    return np.concatenate(picked) if picked else rows[:0]
+
+
 def _released_ssl_labelling(labels: np.ndarray, rows: np.ndarray, everyone: list[int],
                             labels_per_class: int) -> Labelling:
     """The released code's SSL draw (see :func:`make_labelling`), in pool row order where it uses file order."""
-    few = []
-    for c in everyone:
-        have = rows[labels == c]
-        if len(have) < labels_per_class:
-            raise ValueError(f"setting=ssl: class {c} has {len(have)} labelled images in the pool, fewer than "
-                             f"labels_per_class={labels_per_class}")
-        few.append(np.random.RandomState(0).choice(have, size=labels_per_class, replace=False))
-    shots = np.concatenate(few) if few else rows[:0]
+    shots = _per_class_draw(labels, rows, everyone, labels_per_class, lambda: np.random.RandomState(0))
     train = np.random.RandomState(0).choice(len(shots), size=int(len(shots) * 0.8), replace=False)
     return Labelling(np.sort(shots[train]), np.setdiff1d(rows, shots), everyone, everyone)

@@ -290,15 +290,16 @@ def run(cfg: Config, out: Path, hooks: EngineHooks | None = None) -> dict[str, A
         raise ConfigError(f"labels={cfg.labels} and labelled_keys={cfg.labelled_keys}: both say which samples are "
                           "labelled; give one (labels= also carries the labels)")
     # the student section checked and its weights read before OUT exists: a bad student.* leaves no folder
-    student = prepare_student(cfg.student, len(Manifest.load(cfg.shards).classes), cfg.img_size)
+    manifest = Manifest.load(cfg.shards)  # read once (a remote manifest is a download)
+    student = prepare_student(cfg.student, len(manifest.classes), cfg.img_size)
     with own_output(out, NAME, main=dist.detect().is_main):
-        return _run(cfg, out, hooks, student)
+        return _run(cfg, out, hooks, manifest, student)
 
 
-def _run(cfg: Config, out: Path, hooks: EngineHooks | None, student: StudentInit) -> dict[str, Any]:
+def _run(cfg: Config, out: Path, hooks: EngineHooks | None, manifest: Manifest,
+         student: StudentInit) -> dict[str, Any]:
     if cfg.log.wandb:
         require_wandb()
-    manifest = Manifest.load(cfg.shards)
     phases = cfg.method.phases(PlanContext(num_classes=len(manifest.classes), steps=cfg.steps))
     shared = _shared(cfg, manifest, phases, student)
     phase_results: dict[str, dict[str, Any]] = {}
